@@ -1,0 +1,80 @@
+package spec
+
+// ManifestFile is the name of the manifest file at the root of a bundle.
+const ManifestFile = "pyisolate.json"
+
+// ExecutionModel says how an extension relates to its host.
+type ExecutionModel string
+
+const (
+	// HostCoupled extensions inherit the host's environment (minus what the
+	// sandbox forbids) and share torch with it. This is the default.
+	HostCoupled ExecutionModel = "host-coupled"
+	// Sealed extensions get a cleared environment with a short allow list.
+	Sealed ExecutionModel = "sealed"
+)
+
+// Manifest is the pyisolate sandbox request of one extension. Field names
+// follow pyisolate's ExtensionConfig.
+type Manifest struct {
+	// Name is the extension's name: letters, digits, '.', '_' and '-'.
+	Name string `json:"name"`
+	// ModulePath is the absolute host path of the extension's module
+	// (the node pack directory), bound read-only at the same path.
+	ModulePath string `json:"module_path"`
+	// Venv is the absolute host path of the extension's virtual environment,
+	// bound read-only at the same path. Optional.
+	Venv string `json:"venv,omitempty"`
+	// Python is the absolute path of the interpreter inside the sandbox.
+	// Defaults to /usr/bin/python3, or <venv>/bin/python when Venv is set.
+	Python string `json:"python,omitempty"`
+	// ShareTorch asks for torch tensors to be shared with the host through the
+	// group's /dev/shm.
+	ShareTorch bool `json:"share_torch,omitempty"`
+	// ShareCUDAIPC asks for CUDA IPC with the host (same GPUs, shared IPC
+	// namespace).
+	ShareCUDAIPC bool `json:"share_cuda_ipc,omitempty"`
+	// ExecutionModel is host-coupled (default) or sealed.
+	ExecutionModel ExecutionModel `json:"execution_model,omitempty"`
+	// Sandbox holds the filesystem and network requests.
+	Sandbox Sandbox `json:"sandbox"`
+	// Env is extra environment for the extension process.
+	Env map[string]string `json:"env,omitempty"`
+	// Group is the isolation group the extension joins. Defaults to Name.
+	Group string `json:"group,omitempty"`
+	// Limits are the cgroup and shared-memory limits.
+	Limits Limits `json:"limits"`
+	// GPUs are fully qualified CDI device names, such as nvidia.com/gpu=0.
+	GPUs []string `json:"gpus,omitempty"`
+	// Command is the process to run. Defaults to [Python, "-m", <module
+	// directory name>] run from the module's parent directory.
+	Command []string `json:"command,omitempty"`
+}
+
+// Sandbox is the filesystem and network part of a manifest.
+type Sandbox struct {
+	// Network gives the extension the host's network. False (default) means
+	// a private network namespace with loopback only.
+	Network bool `json:"network,omitempty"`
+	// WritablePaths are absolute host paths bound read-write at the same path.
+	WritablePaths []string `json:"writable_paths,omitempty"`
+	// ReadonlyPaths are absolute host paths bound read-only at the same path.
+	ReadonlyPaths []string `json:"readonly_paths,omitempty"`
+}
+
+// Limits are resource limits of an extension.
+type Limits struct {
+	// Memory is the memory limit in bytes (number, or string with a unit:
+	// "512Mi", "2G"). Zero means no limit.
+	Memory ByteSize `json:"memory,omitempty"`
+	// Pids is the maximum number of processes. Zero means no limit.
+	Pids int64 `json:"pids,omitempty"`
+	// CPUs is the CPU quota in cores (1.5 = one and a half). Zero means none.
+	CPUs float64 `json:"cpus,omitempty"`
+	// ShmSize is the size of the group's /dev/shm tmpfs.
+	ShmSize ByteSize `json:"shm_size,omitempty"`
+}
+
+// ByteSize is a size in bytes. In JSON it is a non-negative integer or a
+// string with a binary (Ki, Mi, Gi, Ti) or decimal (k, K, M, G, T) unit.
+type ByteSize int64
