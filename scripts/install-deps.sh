@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what pyisolate-oci needs to build and test on Debian 12, as root.
+# Idempotent and quick when everything is present already.
+set -euo pipefail
+
+# Build: gcc and libseccomp for libcontainer's cgo parts. Run and test:
+# busybox-static for minimal rootfs trees, Debian's numpy for the Python
+# extensions, containerd for the shim tests, runc, crun and bubblewrap as the
+# peers in the security report and benchmarks.
+PKGS=(gcc libc6-dev make pkg-config libseccomp-dev git ca-certificates
+      containerd runc crun bubblewrap busybox-static python3 python3-numpy
+      iproute2 procps util-linux)
+# torch is large (800 MB); set PYISOLATE_WITH_TORCH=1 to install it for the
+# torch tests, which otherwise skip with a reason.
+if [[ "${PYISOLATE_WITH_TORCH:-0}" == 1 ]]; then PKGS+=(python3-torch); fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	if [[ $(id -u) != 0 ]]; then
+		echo "install-deps: missing packages (${missing[*]}); run as root" >&2
+		exit 1
+	fi
+	echo "install-deps: installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Go 1.26 or newer, from PATH or /usr/local/go.
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+	export PATH=/usr/local/go/bin:$PATH
+fi
+if ! command -v go >/dev/null; then
+	echo "install-deps: Go 1.26 or newer is needed on PATH (or at /usr/local/go)" >&2
+	exit 1
+fi
+cd "$(dirname "$0")/.."
+go mod download
+echo "install-deps: ok ($(go version | cut -d' ' -f3), containerd $(containerd --version | cut -d' ' -f3), runc $(runc --version | head -1 | cut -d' ' -f3))"

@@ -1,0 +1,447 @@
+package spec
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Paths inside the sandbox that the builder owns.
+const (
+	// ShmMount is where the group's shared memory appears in every member.
+	ShmMount = "/dev/shm"
+	// SocketMount is where the group's socket directory appears.
+	SocketMount = "/run/pyisolate"
+	// DefaultPython is the interpreter used when the manifest names none.
+	DefaultPython = "/usr/bin/python3"
+)
+
+// Annotations the builder writes on the specs it produces.
+const (
+	// AnnotationDegraded lists, comma separated, what a degraded spec dropped.
+	// It is absent from a full spec.
+	AnnotationDegraded = "io.pyisolate.degraded"
+	// AnnotationRestriction records the restriction model the spec was built for.
+	AnnotationRestriction = "io.pyisolate.out.restriction"
+	// AnnotationGroup records the isolation group of the container.
+	AnnotationGroup = "io.pyisolate.out.group"
+	// AnnotationName records the extension name.
+	AnnotationName = "io.pyisolate.out.name"
+)
+
+// Default ID mapping: container ids 0..65535 map to host ids starting here.
+// Every member of a group maps to the same host ids, so members can open each
+// other's shared-memory segments (torch creates them with mode 0600).
+const (
+	DefaultIDMapBase = 100000
+	DefaultIDMapSize = 65536
+	// NobodyID is the host uid and gid a process runs as when the host
+	// forbids user namespaces.
+	NobodyID = 65534
+)
+
+// SystemPaths are the host directories bound read-only into every sandbox,
+// when they exist on the host.
+var SystemPaths = []string{"/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt"}
+
+// EtcAllowList are the /etc entries bound read-only, when they exist.
+var EtcAllowList = []string{
+	"/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
+	"/etc/ssl", "/etc/ca-certificates", "/etc/passwd", "/etc/group",
+	"/etc/nsswitch.conf", "/etc/hosts", "/etc/resolv.conf", "/etc/localtime",
+}
+
+// SealedEnvAllowList are the variables a sealed extension keeps from its
+// environment (besides the PYISOLATE_* ones the builder sets and the
+// manifest's env).
+var SealedEnvAllowList = []string{"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM"}
+
+// DefaultPath is PATH inside the sandbox unless the caller gives one.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// ErrUnsupported is returned by Build on platforms that cannot run Linux
+// containers.
+var ErrUnsupported = errors.New("this platform cannot run Linux containers (restriction model: unsupported)")
+
+// Options are the inputs of Build that come from the runtime rather than the
+// manifest.
+type Options struct {
+	// ID is the container id.
+	ID string
+	// Rootfs is the absolute host path of the root filesystem: the bundle's
+	// rootfs, or an empty directory the runtime made (bwrap style).
+	Rootfs string
+	// ShmDir is the host directory of the group's shared memory, bound at
+	// /dev/shm. Empty gives the container a private tmpfs there.
+	ShmDir string
+	// SocketDir is the host directory of the group's sockets, bound at
+	// /run/pyisolate. Empty binds nothing.
+	SocketDir string
+	// IPCNamespace is the path of the group's IPC namespace to join (for CUDA
+	// IPC), such as /proc/PID/ns/ipc. Empty creates a new one.
+	IPCNamespace string
+	// HostEnv is the environment a host-coupled extension inherits, as
+	// KEY=VALUE strings. Sealed extensions keep only SealedEnvAllowList of it.
+	HostEnv []string
+	// CgroupsPath is the cgroup of the container. Empty gives /pyisolate/<ID>.
+	CgroupsPath string
+	// IDMapBase and IDMapSize set the user namespace mapping. Zero gives
+	// DefaultIDMapBase and DefaultIDMapSize.
+	IDMapBase, IDMapSize uint32
+}
+
+// Degradation names one part of the sandbox that a restricted host makes the
+// builder drop.
+type Degradation string
+
+// The degradations Build may apply.
+const (
+	// DropUserNamespace: no user namespace; the process runs as host uid and
+	// gid 65534 (nobody) instead of a mapped id.
+	DropUserNamespace Degradation = "user-namespace"
+	// DropNamespaces: no mount, pid, ipc, uts, cgroup or network namespace,
+	// so no private filesystem view and no network isolation.
+	DropNamespaces Degradation = "namespaces"
+	// DropCgroupLimits: no memory, pids or CPU limits.
+	DropCgroupLimits Degradation = "cgroup-limits"
+	// DropSeccomp: no seccomp filter (the kernel or build lacks it).
+	DropSeccomp Degradation = "seccomp"
+)
+
+// Degradations returns what a spec built for restriction model r drops,
+// besides seccomp (which depends on Host.Seccomp). It is nil for
+// RestrictionNone.
+func Degradations(r Restriction) []Degradation {
+	switch r {
+	case RestrictionAppArmor, RestrictionSysctl, RestrictionSELinux:
+		// The runtime is privileged: only the user namespace is refused.
+		return []Degradation{DropUserNamespace}
+	case RestrictionNoCaps:
+		// Without CAP_SYS_ADMIN and without user namespaces no namespace
+		// and no cgroup can be made.
+		return []Degradation{DropUserNamespace, DropNamespaces, DropCgroupLimits}
+	}
+	return nil
+}
+
+// Build turns a validated manifest into the OCI runtime spec of its sandbox
+// for host h. It is a pure function: it reads no files. Paths in m must be
+// the resolved paths CheckPaths returns.
+//
+// What was dropped for a restricted host is listed in the spec's
+// io.pyisolate.degraded annotation.
+func Build(m *Manifest, h Host, o Options) (*specs.Spec, error) {
+	if m == nil {
+		return nil, errors.New("build spec: no manifest")
+	}
+	if h.Restriction == RestrictionUnsupported {
+		return nil, ErrUnsupported
+	}
+	if !filepath.IsAbs(o.Rootfs) {
+		return nil, fmt.Errorf("build spec: rootfs %q is not an absolute path", o.Rootfs)
+	}
+	if len(m.GPUs) > 0 {
+		return nil, &FieldError{Field: "gpus", Msg: "CDI device injection is not available in this version"}
+	}
+	b := &builder{m: m, h: h, o: o, drop: Degradations(h.Restriction)}
+	if !h.Seccomp {
+		b.drop = append(b.drop, DropSeccomp)
+	}
+	s := &specs.Spec{
+		Version:     specs.Version,
+		Root:        &specs.Root{Path: o.Rootfs, Readonly: true},
+		Hostname:    m.Name,
+		Annotations: map[string]string{},
+	}
+	if b.dropped(DropNamespaces) {
+		s.Hostname = ""
+	}
+	s.Process = b.process()
+	s.Mounts = b.mounts()
+	s.Linux = b.linux(s)
+	s.Annotations[AnnotationRestriction] = string(h.Restriction)
+	s.Annotations[AnnotationGroup] = m.groupName()
+	s.Annotations[AnnotationName] = m.Name
+	if len(b.drop) > 0 {
+		names := make([]string, len(b.drop))
+		for i, d := range b.drop {
+			names[i] = string(d)
+		}
+		s.Annotations[AnnotationDegraded] = strings.Join(names, ",")
+	}
+	return s, nil
+}
+
+// DegradedList returns the degradations recorded in a spec built by Build.
+func DegradedList(s *specs.Spec) []string {
+	v := s.Annotations[AnnotationDegraded]
+	if v == "" {
+		return nil
+	}
+	return strings.Split(v, ",")
+}
+
+// groupName is the manifest's group, defaulting to its name.
+func (m *Manifest) groupName() string {
+	if m.Group != "" {
+		return m.Group
+	}
+	return m.Name
+}
+
+// python is the manifest's interpreter with its default applied.
+func (m *Manifest) python() string {
+	switch {
+	case m.Python != "":
+		return m.Python
+	case m.Venv != "":
+		return path.Join(m.Venv, "bin", "python")
+	}
+	return DefaultPython
+}
+
+type builder struct {
+	m    *Manifest
+	h    Host
+	o    Options
+	drop []Degradation
+}
+
+func (b *builder) dropped(d Degradation) bool { return slices.Contains(b.drop, d) }
+
+func (b *builder) process() *specs.Process {
+	m := b.m
+	p := &specs.Process{
+		Args:            m.Command,
+		Env:             b.env(),
+		Cwd:             "/tmp",
+		NoNewPrivileges: true,
+		// Empty, non-nil sets: every capability dropped.
+		Capabilities: &specs.LinuxCapabilities{
+			Bounding: []string{}, Effective: []string{}, Permitted: []string{},
+		},
+		Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
+	}
+	if len(p.Args) == 0 {
+		// python -m <module dir name>, run from the module's parent.
+		p.Args = []string{m.python(), "-m", path.Base(m.ModulePath)}
+		p.Cwd = path.Dir(m.ModulePath)
+	}
+	if b.dropped(DropUserNamespace) {
+		p.User = specs.User{UID: NobodyID, GID: NobodyID}
+	}
+	return p
+}
+
+// env builds the process environment: the inherited part (all of HostEnv for
+// host-coupled, the allow list for sealed), then pyisolate's variables, then
+// the manifest's env, later entries replacing earlier ones.
+func (b *builder) env() []string {
+	m := b.m
+	vars := map[string]string{"PATH": DefaultPath}
+	for _, kv := range b.o.HostEnv {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			continue
+		}
+		if m.ExecutionModel == Sealed && !slices.Contains(SealedEnvAllowList, k) {
+			continue
+		}
+		vars[k] = v
+	}
+	vars["HOME"] = "/tmp"
+	vars["TMPDIR"] = "/tmp"
+	vars["PYTHONNOUSERSITE"] = "1"
+	vars["PYTHONDONTWRITEBYTECODE"] = "1"
+	vars["PYISOLATE_CHILD"] = "1"
+	vars["PYISOLATE_EXTENSION"] = m.Name
+	vars["PYISOLATE_GROUP"] = m.groupName()
+	vars["PYISOLATE_MODULE_PATH"] = m.ModulePath
+	vars["PYISOLATE_SHM_DIR"] = ShmMount
+	if b.o.SocketDir != "" {
+		vars["PYISOLATE_SOCKET_DIR"] = SocketMount
+	}
+	if m.ShareTorch {
+		vars["PYISOLATE_SHARE_TORCH"] = "1"
+	}
+	if m.ShareCUDAIPC {
+		vars["PYISOLATE_ENABLE_CUDA_IPC"] = "1"
+	}
+	if m.Venv != "" {
+		vars["VIRTUAL_ENV"] = m.Venv
+		vars["PATH"] = path.Join(m.Venv, "bin") + ":" + vars["PATH"]
+	}
+	for k, v := range m.Env {
+		vars[k] = v
+	}
+	env := make([]string, 0, len(vars))
+	for k, v := range vars {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	return env
+}
+
+var (
+	roBind = []string{"rbind", "ro", "nosuid", "nodev"}
+	rwBind = []string{"rbind", "rw", "nosuid", "nodev"}
+)
+
+// mounts lists the sandbox's mounts in order: kernel filesystems, system
+// binds, /etc allow list, the interpreter, venv and module, private /tmp, the
+// group's shm and sockets, then the user's paths last.
+func (b *builder) mounts() []specs.Mount {
+	m, o := b.m, b.o
+	var ms []specs.Mount
+	add := func(dst, typ, src string, opts ...string) {
+		ms = append(ms, specs.Mount{Destination: dst, Type: typ, Source: src, Options: opts})
+	}
+	if !b.dropped(DropNamespaces) {
+		add("/proc", "proc", "proc", "nosuid", "noexec", "nodev")
+		add("/dev", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k")
+		add("/dev/pts", "devpts", "devpts", "nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620")
+		add("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro")
+	}
+	bound := []string{}
+	bind := func(p string, opts []string) {
+		add(p, "bind", p, opts...)
+		bound = append(bound, p)
+	}
+	for _, p := range SystemPaths {
+		if b.h.has(p) {
+			bind(p, roBind)
+		}
+	}
+	for _, p := range EtcAllowList {
+		if b.h.has(p) {
+			bind(p, roBind)
+		}
+	}
+	// The interpreter's prefix, unless a bound path already holds it.
+	if prefix := pythonPrefix(m.python()); prefix != "" && !under(prefix, bound) &&
+		!under(prefix, []string{m.Venv, m.ModulePath}) {
+		bind(prefix, roBind)
+	}
+	if m.Venv != "" {
+		bind(m.Venv, roBind)
+	}
+	bind(m.ModulePath, roBind)
+	add("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777", "size=1g")
+	if o.ShmDir != "" {
+		add(ShmMount, "bind", o.ShmDir, "rbind", "rw", "nosuid", "nodev", "noexec")
+	} else {
+		size := int64(m.Limits.ShmSize)
+		if size <= 0 {
+			size = 64 << 20
+		}
+		add(ShmMount, "tmpfs", "shm", "nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%d", size))
+	}
+	if o.SocketDir != "" {
+		add(SocketMount, "bind", o.SocketDir, rwBind...)
+	}
+	for _, p := range m.Sandbox.WritablePaths {
+		bind(p, rwBind)
+	}
+	for _, p := range m.Sandbox.ReadonlyPaths {
+		bind(p, roBind)
+	}
+	return ms
+}
+
+// pythonPrefix returns the installation prefix of an interpreter path
+// (/opt/py/bin/python3 → /opt/py), or "" when it has no bin directory.
+func pythonPrefix(py string) string {
+	dir := path.Dir(py)
+	if path.Base(dir) != "bin" {
+		return ""
+	}
+	return path.Dir(dir)
+}
+
+// under reports whether p equals or lies below one of roots.
+func under(p string, roots []string) bool {
+	for _, r := range roots {
+		if r == "" {
+			continue
+		}
+		if p == r || strings.HasPrefix(p, strings.TrimSuffix(r, "/")+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *builder) linux(s *specs.Spec) *specs.Linux {
+	m, o := b.m, b.o
+	def := specconv.Example().Linux
+	l := &specs.Linux{
+		MaskedPaths:   append(def.MaskedPaths, "/sys/devices/virtual/powercap", "/proc/interrupts"),
+		ReadonlyPaths: def.ReadonlyPaths,
+		Resources: &specs.LinuxResources{
+			// Deny every device; libcontainer adds the standard allowed set
+			// (null, zero, full, random, urandom, tty, ptmx, pts).
+			Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+		},
+	}
+	if !b.dropped(DropNamespaces) {
+		l.Namespaces = []specs.LinuxNamespace{
+			{Type: specs.PIDNamespace},
+			{Type: specs.IPCNamespace, Path: o.IPCNamespace},
+			{Type: specs.UTSNamespace},
+			{Type: specs.MountNamespace},
+			{Type: specs.CgroupNamespace},
+		}
+		if !m.Sandbox.Network {
+			l.Namespaces = append(l.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+		}
+	}
+	if !b.dropped(DropUserNamespace) {
+		base, size := o.IDMapBase, o.IDMapSize
+		if base == 0 {
+			base = DefaultIDMapBase
+		}
+		if size == 0 {
+			size = DefaultIDMapSize
+		}
+		l.Namespaces = append(l.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		l.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: size}}
+		l.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: size}}
+	}
+	if !b.dropped(DropCgroupLimits) {
+		l.CgroupsPath = o.CgroupsPath
+		if l.CgroupsPath == "" && o.ID != "" {
+			l.CgroupsPath = "/pyisolate/" + o.ID
+		}
+		b.limits(l.Resources)
+	}
+	if !b.dropped(DropSeccomp) {
+		l.Seccomp = defaultSeccomp(s)
+	}
+	return l
+}
+
+// limits fills the cgroup limits from the manifest.
+func (b *builder) limits(r *specs.LinuxResources) {
+	lim := b.m.Limits
+	if lim.Memory > 0 {
+		mem := int64(lim.Memory)
+		// Swap equal to the limit: no swap beyond memory.
+		r.Memory = &specs.LinuxMemory{Limit: &mem, Swap: &mem}
+	}
+	if lim.Pids > 0 {
+		pids := lim.Pids
+		r.Pids = &specs.LinuxPids{Limit: &pids}
+	}
+	if lim.CPUs > 0 {
+		period := uint64(100000)
+		quota := int64(lim.CPUs * float64(period))
+		r.CPU = &specs.LinuxCPU{Period: &period, Quota: &quota}
+	}
+}

@@ -1,0 +1,425 @@
+package spec
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// fullHost is a host with every candidate path present and nothing restricted.
+func fullHost() Host {
+	return Host{
+		Restriction: RestrictionNone,
+		Seccomp:     true,
+		Paths:       append(slices.Clone(SystemPaths), EtcAllowList...),
+	}
+}
+
+func sampleManifest() *Manifest {
+	return &Manifest{
+		Name:       "ext-a",
+		ModulePath: "/srv/nodes/ext_a",
+		Venv:       "/srv/venvs/a",
+		Group:      "g1",
+		Sandbox: Sandbox{
+			WritablePaths: []string{"/srv/out"},
+			ReadonlyPaths: []string{"/srv/models"},
+		},
+		Env:    map[string]string{"MY_VAR": "1"},
+		Limits: Limits{Memory: 512 << 20, Pids: 64, CPUs: 1.5, ShmSize: 256 << 20},
+	}
+}
+
+func sampleOptions() Options {
+	return Options{
+		ID:        "c1",
+		Rootfs:    "/run/pyisolate/rootfs/c1",
+		ShmDir:    "/run/pyisolate/groups/g1/shm",
+		SocketDir: "/run/pyisolate/groups/g1/sock",
+		HostEnv:   []string{"LANG=C.UTF-8", "SECRET_TOKEN=x", "PATH=/usr/bin"},
+	}
+}
+
+func mustBuild(t *testing.T, m *Manifest, h Host, o Options) *specs.Spec {
+	t.Helper()
+	s, err := Build(m, h, o)
+	if err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+	return s
+}
+
+func nsTypes(s *specs.Spec) []specs.LinuxNamespaceType {
+	var out []specs.LinuxNamespaceType
+	for _, ns := range s.Linux.Namespaces {
+		out = append(out, ns.Type)
+	}
+	return out
+}
+
+func findMount(s *specs.Spec, dst string) *specs.Mount {
+	for i := range s.Mounts {
+		if s.Mounts[i].Destination == dst {
+			return &s.Mounts[i]
+		}
+	}
+	return nil
+}
+
+func envMap(s *specs.Spec) map[string]string {
+	out := map[string]string{}
+	for _, kv := range s.Process.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		out[k] = v
+	}
+	return out
+}
+
+func TestBuildDefaultSandbox(t *testing.T) {
+	s := mustBuild(t, sampleManifest(), fullHost(), sampleOptions())
+
+	if !s.Root.Readonly || s.Root.Path != "/run/pyisolate/rootfs/c1" {
+		t.Errorf("root = %+v, want read-only rootfs", s.Root)
+	}
+	want := []specs.LinuxNamespaceType{specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace,
+		specs.MountNamespace, specs.CgroupNamespace, specs.NetworkNamespace, specs.UserNamespace}
+	got := nsTypes(s)
+	for _, ns := range want {
+		if !slices.Contains(got, ns) {
+			t.Errorf("namespace %s missing from %v", ns, got)
+		}
+	}
+	if len(s.Linux.UIDMappings) != 1 || s.Linux.UIDMappings[0].HostID != DefaultIDMapBase || s.Linux.UIDMappings[0].Size != DefaultIDMapSize {
+		t.Errorf("uid mappings = %+v", s.Linux.UIDMappings)
+	}
+	if len(s.Linux.GIDMappings) != 1 || s.Linux.GIDMappings[0].HostID != DefaultIDMapBase {
+		t.Errorf("gid mappings = %+v", s.Linux.GIDMappings)
+	}
+	c := s.Process.Capabilities
+	if c == nil || len(c.Bounding)+len(c.Effective)+len(c.Permitted)+len(c.Inheritable)+len(c.Ambient) != 0 {
+		t.Errorf("capabilities = %+v, want all dropped", c)
+	}
+	if !s.Process.NoNewPrivileges {
+		t.Error("noNewPrivileges not set")
+	}
+	if s.Process.User.UID != 0 {
+		t.Errorf("uid = %d, want 0 inside the user namespace", s.Process.User.UID)
+	}
+	for _, p := range []string{"/proc/kcore", "/proc/keys", "/sys/firmware"} {
+		if !slices.Contains(s.Linux.MaskedPaths, p) {
+			t.Errorf("masked paths lack %s", p)
+		}
+	}
+	for _, p := range []string{"/proc/sys", "/proc/sysrq-trigger"} {
+		if !slices.Contains(s.Linux.ReadonlyPaths, p) {
+			t.Errorf("read-only paths lack %s", p)
+		}
+	}
+	if _, ok := s.Annotations[AnnotationDegraded]; ok {
+		t.Errorf("full spec has %s=%q", AnnotationDegraded, s.Annotations[AnnotationDegraded])
+	}
+	if s.Annotations[AnnotationGroup] != "g1" || s.Annotations[AnnotationRestriction] != "none" {
+		t.Errorf("annotations = %v", s.Annotations)
+	}
+	if s.Linux.CgroupsPath != "/pyisolate/c1" {
+		t.Errorf("cgroups path = %q", s.Linux.CgroupsPath)
+	}
+	if d := s.Linux.Resources.Devices; len(d) != 1 || d[0].Allow || d[0].Access != "rwm" {
+		t.Errorf("device rules = %+v, want deny all", d)
+	}
+}
+
+func TestBuildSeccomp(t *testing.T) {
+	s := mustBuild(t, sampleManifest(), fullHost(), sampleOptions())
+	sc := s.Linux.Seccomp
+	if sc == nil {
+		t.Fatal("no seccomp profile")
+	}
+	if sc.DefaultAction == specs.ActAllow {
+		t.Fatalf("default action %s allows everything", sc.DefaultAction)
+	}
+	for _, name := range []string{"read", "write", "mmap", "openat", "futex", "execve", "ftruncate"} {
+		if !Allowed(sc, name) {
+			t.Errorf("seccomp denies %s, which python needs", name)
+		}
+	}
+	for _, name := range []string{"mount", "umount2", "unshare", "setns", "ptrace", "process_vm_readv",
+		"keyctl", "add_key", "bpf", "perf_event_open", "init_module", "finit_module", "delete_module",
+		"kexec_load", "reboot", "swapon", "pivot_root", "io_uring_setup", "open_by_handle_at"} {
+		if Allowed(sc, name) {
+			t.Errorf("seccomp allows %s", name)
+		}
+	}
+}
+
+func TestBuildMounts(t *testing.T) {
+	h := fullHost()
+	h.Paths = []string{"/usr", "/lib", "/bin", "/etc/passwd", "/etc/ssl"} // the rest absent
+	m := sampleManifest()
+	m.Python = "/opt/py311/bin/python3"
+	s := mustBuild(t, m, h, sampleOptions())
+
+	for _, p := range []string{"/usr", "/lib", "/bin", "/etc/passwd", "/etc/ssl"} {
+		mt := findMount(s, p)
+		if mt == nil || mt.Type != "bind" || mt.Source != p || !slices.Contains(mt.Options, "ro") {
+			t.Errorf("mount %s = %+v, want read-only bind", p, mt)
+		}
+	}
+	for _, p := range []string{"/lib64", "/sbin", "/opt", "/etc/hosts", "/etc", "/root", "/home"} {
+		if mt := findMount(s, p); mt != nil {
+			t.Errorf("unexpected mount %+v", mt)
+		}
+	}
+	for _, p := range []string{"/srv/venvs/a", "/srv/nodes/ext_a", "/opt/py311", "/srv/models"} {
+		if mt := findMount(s, p); mt == nil || !slices.Contains(mt.Options, "ro") {
+			t.Errorf("mount %s = %+v, want read-only", p, mt)
+		}
+	}
+	if mt := findMount(s, "/srv/out"); mt == nil || !slices.Contains(mt.Options, "rw") {
+		t.Errorf("writable path mount = %+v", mt)
+	}
+	if mt := findMount(s, "/tmp"); mt == nil || mt.Type != "tmpfs" {
+		t.Errorf("/tmp = %+v, want private tmpfs", mt)
+	}
+	if mt := findMount(s, ShmMount); mt == nil || mt.Source != "/run/pyisolate/groups/g1/shm" || !slices.Contains(mt.Options, "rw") {
+		t.Errorf("/dev/shm = %+v, want the group's dir", mt)
+	}
+	if mt := findMount(s, SocketMount); mt == nil || mt.Source != "/run/pyisolate/groups/g1/sock" {
+		t.Errorf("socket dir = %+v", mt)
+	}
+	for _, p := range []string{"/proc", "/dev", "/dev/pts", "/sys"} {
+		if findMount(s, p) == nil {
+			t.Errorf("no %s mount", p)
+		}
+	}
+	// The user's paths come last.
+	n := len(s.Mounts)
+	if s.Mounts[n-2].Destination != "/srv/out" || s.Mounts[n-1].Destination != "/srv/models" {
+		t.Errorf("user paths are not last: %v", s.Mounts[n-2:])
+	}
+}
+
+func TestBuildPythonPrefixNotDuplicated(t *testing.T) {
+	m := sampleManifest()
+	m.Python = "/usr/bin/python3"
+	s := mustBuild(t, m, fullHost(), sampleOptions())
+	if findMount(s, "/usr") == nil {
+		t.Fatal("no /usr")
+	}
+	count := 0
+	for _, mt := range s.Mounts {
+		if strings.HasPrefix(mt.Destination, "/usr") {
+			count++
+		}
+	}
+	if count != 1 {
+		t.Errorf("%d mounts under /usr, want 1", count)
+	}
+}
+
+func TestBuildPrivateShmWithoutGroupDir(t *testing.T) {
+	o := sampleOptions()
+	o.ShmDir, o.SocketDir = "", ""
+	s := mustBuild(t, sampleManifest(), fullHost(), o)
+	mt := findMount(s, ShmMount)
+	if mt == nil || mt.Type != "tmpfs" || !slices.Contains(mt.Options, "size=268435456") {
+		t.Errorf("/dev/shm = %+v, want private tmpfs of shm_size", mt)
+	}
+	if findMount(s, SocketMount) != nil {
+		t.Error("socket dir bound without SocketDir")
+	}
+	if _, ok := envMap(s)["PYISOLATE_SOCKET_DIR"]; ok {
+		t.Error("PYISOLATE_SOCKET_DIR set without a socket dir")
+	}
+}
+
+func TestBuildNetwork(t *testing.T) {
+	m := sampleManifest()
+	m.Sandbox.Network = true
+	s := mustBuild(t, m, fullHost(), sampleOptions())
+	if slices.Contains(nsTypes(s), specs.NetworkNamespace) {
+		t.Error("network namespace present although sandbox.network is true")
+	}
+}
+
+func TestBuildLimits(t *testing.T) {
+	s := mustBuild(t, sampleManifest(), fullHost(), sampleOptions())
+	r := s.Linux.Resources
+	if r.Memory == nil || *r.Memory.Limit != 512<<20 || *r.Memory.Swap != 512<<20 {
+		t.Errorf("memory = %+v", r.Memory)
+	}
+	if r.Pids == nil || *r.Pids.Limit != 64 {
+		t.Errorf("pids = %+v", r.Pids)
+	}
+	if r.CPU == nil || *r.CPU.Quota != 150000 || *r.CPU.Period != 100000 {
+		t.Errorf("cpu = %+v", r.CPU)
+	}
+	m := sampleManifest()
+	m.Limits = Limits{}
+	s = mustBuild(t, m, fullHost(), sampleOptions())
+	if r := s.Linux.Resources; r.Memory != nil || r.Pids != nil || r.CPU != nil {
+		t.Errorf("limits without manifest limits: %+v", r)
+	}
+}
+
+func TestBuildEnv(t *testing.T) {
+	tests := []struct {
+		name     string
+		model    ExecutionModel
+		wantKeep []string
+		wantDrop []string
+	}{
+		{"host-coupled inherits", HostCoupled, []string{"LANG", "SECRET_TOKEN"}, nil},
+		{"default inherits", "", []string{"LANG", "SECRET_TOKEN"}, nil},
+		{"sealed keeps allow list", Sealed, []string{"LANG"}, []string{"SECRET_TOKEN"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := sampleManifest()
+			m.ExecutionModel = tt.model
+			m.ShareCUDAIPC = true
+			env := envMap(mustBuild(t, m, fullHost(), sampleOptions()))
+			for _, k := range tt.wantKeep {
+				if _, ok := env[k]; !ok {
+					t.Errorf("%s dropped", k)
+				}
+			}
+			for _, k := range tt.wantDrop {
+				if _, ok := env[k]; ok {
+					t.Errorf("%s kept", k)
+				}
+			}
+			want := map[string]string{
+				"MY_VAR": "1", "PYISOLATE_CHILD": "1", "PYISOLATE_GROUP": "g1", "PYISOLATE_EXTENSION": "ext-a",
+				"PYISOLATE_ENABLE_CUDA_IPC": "1", "HOME": "/tmp", "VIRTUAL_ENV": "/srv/venvs/a",
+				"PYISOLATE_SOCKET_DIR": SocketMount, "PYISOLATE_SHM_DIR": ShmMount,
+			}
+			for k, v := range want {
+				if env[k] != v {
+					t.Errorf("%s = %q, want %q", k, env[k], v)
+				}
+			}
+			if !strings.HasPrefix(env["PATH"], "/srv/venvs/a/bin:") {
+				t.Errorf("PATH = %q, want the venv first", env["PATH"])
+			}
+		})
+	}
+}
+
+func TestBuildCommand(t *testing.T) {
+	m := sampleManifest()
+	s := mustBuild(t, m, fullHost(), sampleOptions())
+	if want := []string{"/srv/venvs/a/bin/python", "-m", "ext_a"}; !slices.Equal(s.Process.Args, want) {
+		t.Errorf("args = %v, want %v", s.Process.Args, want)
+	}
+	if s.Process.Cwd != "/srv/nodes" {
+		t.Errorf("cwd = %q", s.Process.Cwd)
+	}
+	m.Command = []string{"/usr/bin/python3", "-c", "pass"}
+	s = mustBuild(t, m, fullHost(), sampleOptions())
+	if !slices.Equal(s.Process.Args, m.Command) || s.Process.Cwd != "/tmp" {
+		t.Errorf("args = %v cwd = %q", s.Process.Args, s.Process.Cwd)
+	}
+}
+
+func TestBuildDegraded(t *testing.T) {
+	tests := []struct {
+		model       Restriction
+		seccomp     bool
+		wantDropped []string
+		wantNS      []specs.LinuxNamespaceType
+		wantUID     uint32
+		wantLimits  bool
+	}{
+		{RestrictionNone, true, nil,
+			[]specs.LinuxNamespaceType{specs.UserNamespace, specs.MountNamespace, specs.PIDNamespace}, 0, true},
+		{RestrictionNone, false, []string{"seccomp"},
+			[]specs.LinuxNamespaceType{specs.UserNamespace, specs.MountNamespace}, 0, true},
+		{RestrictionAppArmor, true, []string{"user-namespace"},
+			[]specs.LinuxNamespaceType{specs.MountNamespace, specs.PIDNamespace, specs.NetworkNamespace}, NobodyID, true},
+		{RestrictionSysctl, true, []string{"user-namespace"},
+			[]specs.LinuxNamespaceType{specs.MountNamespace, specs.PIDNamespace}, NobodyID, true},
+		{RestrictionSELinux, true, []string{"user-namespace"},
+			[]specs.LinuxNamespaceType{specs.MountNamespace, specs.PIDNamespace}, NobodyID, true},
+		{RestrictionNoCaps, true, []string{"user-namespace", "namespaces", "cgroup-limits"},
+			nil, NobodyID, false},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.model), func(t *testing.T) {
+			h := fullHost()
+			h.Restriction, h.Seccomp = tt.model, tt.seccomp
+			s := mustBuild(t, sampleManifest(), h, sampleOptions())
+			if got := DegradedList(s); !slices.Equal(got, tt.wantDropped) {
+				t.Errorf("degraded = %v, want %v", got, tt.wantDropped)
+			}
+			got := nsTypes(s)
+			for _, ns := range tt.wantNS {
+				if !slices.Contains(got, ns) {
+					t.Errorf("namespace %s missing from %v", ns, got)
+				}
+			}
+			userns := slices.Contains(got, specs.UserNamespace)
+			if userns != !slices.Contains(tt.wantDropped, "user-namespace") {
+				t.Errorf("user namespace present = %v with degradations %v", userns, tt.wantDropped)
+			}
+			if !userns && (len(s.Linux.UIDMappings) > 0 || len(s.Linux.GIDMappings) > 0) {
+				t.Error("id mappings without a user namespace")
+			}
+			if tt.wantNS == nil && len(got) != 0 {
+				t.Errorf("namespaces %v, want none", got)
+			}
+			if s.Process.User.UID != tt.wantUID || s.Process.User.GID != tt.wantUID {
+				t.Errorf("user = %+v, want uid/gid %d", s.Process.User, tt.wantUID)
+			}
+			if hasLimits := s.Linux.Resources.Memory != nil; hasLimits != tt.wantLimits {
+				t.Errorf("memory limit present = %v, want %v", hasLimits, tt.wantLimits)
+			}
+			if (s.Linux.Seccomp != nil) != tt.seccomp {
+				t.Errorf("seccomp present = %v, want %v", s.Linux.Seccomp != nil, tt.seccomp)
+			}
+			// What no model drops.
+			if len(s.Process.Capabilities.Bounding) != 0 || !s.Process.NoNewPrivileges || !s.Root.Readonly {
+				t.Error("a degraded spec lost capabilities drop, noNewPrivileges or read-only root")
+			}
+			if findMount(s, "/srv/nodes/ext_a") == nil || findMount(s, ShmMount) == nil {
+				t.Error("a degraded spec lost the module or shm mount")
+			}
+		})
+	}
+}
+
+func TestBuildUnsupportedAndBadInput(t *testing.T) {
+	h := fullHost()
+	h.Restriction = RestrictionUnsupported
+	if _, err := Build(sampleManifest(), h, sampleOptions()); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("unsupported: err = %v", err)
+	}
+	o := sampleOptions()
+	o.Rootfs = "rootfs"
+	if _, err := Build(sampleManifest(), fullHost(), o); err == nil || !strings.Contains(err.Error(), "rootfs") {
+		t.Errorf("relative rootfs: err = %v", err)
+	}
+	if _, err := Build(nil, fullHost(), sampleOptions()); err == nil {
+		t.Error("nil manifest accepted")
+	}
+	m := sampleManifest()
+	m.GPUs = []string{"nvidia.com/gpu=0"}
+	var fe *FieldError
+	if _, err := Build(m, fullHost(), sampleOptions()); !errors.As(err, &fe) || fe.Field != "gpus" {
+		t.Errorf("gpus: err = %v, want a FieldError naming gpus", err)
+	}
+}
+
+func TestDegradationsNoneIsEmpty(t *testing.T) {
+	if d := Degradations(RestrictionNone); d != nil {
+		t.Errorf("Degradations(none) = %v", d)
+	}
+	for _, r := range Restrictions {
+		if r != RestrictionNone && r != RestrictionUnsupported && len(Degradations(r)) == 0 {
+			t.Errorf("model %s drops nothing", r)
+		}
+	}
+}
