@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/spec"
+)
+
+func init() {
+	register("spec", "print the OCI config.json generated for an extension bundle", specMain)
+}
+
+func specMain(args []string) int {
+	fs := flag.NewFlagSet("spec", flag.ContinueOnError)
+	bundle := fs.String("bundle", ".", "extension bundle directory")
+	group := fs.String("group", "", "isolation group (overrides the manifest's)")
+	id := fs.String("id", "", "container id (default: the extension name)")
+	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	restriction := fs.String("restriction", "", "build for this restriction model instead of the detected one (none, apparmor, sysctl, selinux, no-caps)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		return fail(exitUsage, "spec: unexpected argument %q", fs.Arg(0))
+	}
+	if *restriction != "" && !slices.Contains(spec.Restrictions, spec.Restriction(*restriction)) {
+		return fail(exitUsage, "spec: --restriction: unknown model %q", *restriction)
+	}
+	ctx := context.Background()
+	req := bundleRequest{Bundle: *bundle, ID: *id, Group: *group, Restriction: spec.Restriction(*restriction)}
+	if req.ID == "" {
+		m, _, err := spec.LoadBundle(*bundle)
+		if err == nil && m != nil {
+			req.ID = m.Name
+		}
+	}
+	req.Rootfs = filepath.Join(*root, "rootfs", req.ID)
+	s, _, err := prepareSpec(ctx, req)
+	if err != nil {
+		var be *bundleError
+		if errors.As(err, &be) {
+			return fail(exitUsage, "spec: %v", err)
+		}
+		return fail(1, "spec: %v", err)
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(s); err != nil {
+		return fail(1, "spec: %v", err)
+	}
+	return 0
+}

@@ -1,0 +1,1 @@
+"""hello_ext: the smallest pyisolate extension, used by the examples and tests."""
