@@ -34,6 +34,12 @@ const (
 	AnnotationGroup = "io.pyisolate.out.group"
 	// AnnotationName records the extension name.
 	AnnotationName = "io.pyisolate.out.name"
+	// AnnotationCDIDevices carries the manifest's gpus as a CDI device
+	// annotation (comma-separated fully qualified names), in the
+	// cdi.k8s.io/ namespace that CDI's annotation helpers read.
+	AnnotationCDIDevices = "cdi.k8s.io/pyisolate-gpus"
+	// AnnotationShareCUDAIPC marks a member that asked for CUDA IPC.
+	AnnotationShareCUDAIPC = "io.pyisolate.out.share-cuda-ipc"
 )
 
 // Default ID mapping: container ids 0..65535 map to host ids starting here.
@@ -147,9 +153,6 @@ func Build(m *Manifest, h Host, o Options) (*specs.Spec, error) {
 	if !filepath.IsAbs(o.Rootfs) {
 		return nil, fmt.Errorf("build spec: rootfs %q is not an absolute path", o.Rootfs)
 	}
-	if len(m.GPUs) > 0 {
-		return nil, &FieldError{Field: "gpus", Msg: "CDI device injection is not available in this version"}
-	}
 	b := &builder{m: m, h: h, o: o, drop: Degradations(h.Restriction)}
 	if !h.Seccomp {
 		b.drop = append(b.drop, DropSeccomp)
@@ -169,6 +172,14 @@ func Build(m *Manifest, h Host, o Options) (*specs.Spec, error) {
 	s.Annotations[AnnotationRestriction] = string(h.Restriction)
 	s.Annotations[AnnotationGroup] = m.groupName()
 	s.Annotations[AnnotationName] = m.Name
+	if len(m.GPUs) > 0 {
+		// Resolved at create time by the CDI hook, like the cdi.k8s.io/*
+		// annotations containerd's CRI sets.
+		s.Annotations[AnnotationCDIDevices] = strings.Join(m.GPUs, ",")
+	}
+	if m.ShareCUDAIPC {
+		s.Annotations[AnnotationShareCUDAIPC] = "true"
+	}
 	if len(b.drop) > 0 {
 		names := make([]string, len(b.drop))
 		for i, d := range b.drop {

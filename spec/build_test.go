@@ -405,11 +405,22 @@ func TestBuildUnsupportedAndBadInput(t *testing.T) {
 	if _, err := Build(nil, fullHost(), sampleOptions()); err == nil {
 		t.Error("nil manifest accepted")
 	}
+}
+
+func TestBuildGPUsBecomeCDIAnnotation(t *testing.T) {
 	m := sampleManifest()
-	m.GPUs = []string{"nvidia.com/gpu=0"}
-	var fe *FieldError
-	if _, err := Build(m, fullHost(), sampleOptions()); !errors.As(err, &fe) || fe.Field != "gpus" {
-		t.Errorf("gpus: err = %v, want a FieldError naming gpus", err)
+	m.GPUs = []string{"nvidia.com/gpu=0", "nvidia.com/gpu=1"}
+	m.ShareCUDAIPC = true
+	s := mustBuild(t, m, fullHost(), sampleOptions())
+	if got := s.Annotations[AnnotationCDIDevices]; got != "nvidia.com/gpu=0,nvidia.com/gpu=1" {
+		t.Errorf("%s = %q", AnnotationCDIDevices, got)
+	}
+	if s.Annotations[AnnotationShareCUDAIPC] != "true" {
+		t.Errorf("%s missing", AnnotationShareCUDAIPC)
+	}
+	s = mustBuild(t, sampleManifest(), fullHost(), sampleOptions())
+	if _, ok := s.Annotations[AnnotationCDIDevices]; ok {
+		t.Error("CDI annotation without gpus")
 	}
 }
 
