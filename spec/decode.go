@@ -72,6 +72,12 @@ func DecodeManifest(data []byte) (*Manifest, error) {
 	if len(data) > MaxManifestSize {
 		return nil, fieldErr("", "manifest is %d bytes, at most %d are allowed", len(data), MaxManifestSize)
 	}
+	if len(bytes.Trim(data, jsonSpace)) == 0 {
+		return nil, fieldErr("", "empty document, want a JSON object")
+	}
+	if err := checkSyntax(data); err != nil {
+		return nil, &FieldError{Msg: err.Error()}
+	}
 	if err := checkDocument(data); err != nil {
 		return nil, err
 	}
@@ -98,13 +104,10 @@ func jsonFieldError(data []byte, err error) error {
 	switch {
 	case errors.As(err, &fe):
 		return fe
-	case errors.As(err, &se):
-		line, col := lineCol(data, se.Offset)
-		return fieldErr("", "invalid JSON at line %d, column %d: %s", line, col, se.Error())
+	case errors.As(err, &se), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return &FieldError{Msg: describeSyntaxError(data, err).Error()}
 	case errors.As(err, &te):
 		return fieldErr(te.Field, "must be %s, got JSON %s", goTypeName(te.Type.String()), te.Value)
-	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-		return fieldErr("", "invalid JSON: unexpected end of input")
 	}
 	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 		return fieldErr("", "unknown field %s", name)
@@ -129,6 +132,33 @@ func goTypeName(t string) string {
 		return "an object of strings"
 	}
 	return "a value of Go type " + t
+}
+
+// jsonSpace is the white space JSON allows between tokens.
+const jsonSpace = " \t\r\n"
+
+// checkSyntax checks that data is exactly one JSON value, white space around
+// it aside. Its errors give the line, column and offset of the problem.
+func checkSyntax(data []byte) error {
+	var raw json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return describeSyntaxError(data, err)
+	}
+	return nil
+}
+
+// describeSyntaxError says where a syntax error of encoding/json is. The
+// scanner's offset counts the offending byte, so the byte is at offset-1.
+func describeSyntaxError(data []byte, err error) error {
+	var se *json.SyntaxError
+	if !errors.As(err, &se) || se.Offset >= int64(len(data)) && strings.HasPrefix(se.Error(), "unexpected end") {
+		if errors.As(err, &se) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return errors.New("invalid JSON: unexpected end of input")
+		}
+		return err
+	}
+	line, col := lineCol(data, se.Offset-1)
+	return fmt.Errorf("invalid JSON at line %d, column %d (offset %d): %s", line, col, se.Offset, se.Error())
 }
 
 // lineCol converts a byte offset of data into a 1-based line and column.
@@ -221,9 +251,6 @@ func checkDocument(data []byte) error {
 	c := &checker{data: data, dec: dec}
 	tok, err := c.token()
 	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return fieldErr("", "empty document, want a JSON object")
-		}
 		return err
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
@@ -232,12 +259,6 @@ func checkDocument(data []byte) error {
 	if err := c.object("", manifestSchema); err != nil {
 		return err
 	}
-	end := dec.InputOffset()
-	if rest := bytes.TrimLeft(data[end:], " \t\r\n"); len(rest) > 0 {
-		off := int64(len(data) - len(rest))
-		line, col := lineCol(data, off)
-		return fieldErr("", "unexpected data after the JSON object at line %d, column %d", line, col)
-	}
 	return nil
 }
 
@@ -245,9 +266,6 @@ func checkDocument(data []byte) error {
 func (c *checker) token() (json.Token, error) {
 	tok, err := c.dec.Token()
 	if err != nil {
-		if errors.Is(err, io.EOF) && c.dec.InputOffset() == 0 {
-			return nil, io.EOF
-		}
 		return nil, jsonFieldError(c.data, err)
 	}
 	return tok, nil
@@ -1041,7 +1059,7 @@ const MaxConfigSize = 16 << 20
 // spec is nil when the bundle has no config.json.
 //
 // config.json is decoded strictly as JSON (syntax errors name the file, the
-// line and the column; trailing data is an error) but, as the OCI runtime
+// line, the column and the offset; trailing data is an error) but, as the OCI runtime
 // spec requires, unknown properties are ignored. pyisolate.json must be a
 // regular file, not a symlink.
 //
@@ -1060,8 +1078,11 @@ func LoadBundle(bundle string) (*Manifest, *specs.Spec, error) {
 		return nil, nil, err
 	}
 	m, source, err := bundleManifest(bundle, spec)
-	if err != nil || m == nil {
-		return nil, spec, err
+	if err != nil {
+		return nil, nil, err
+	}
+	if m == nil {
+		return nil, spec, nil
 	}
 	if err := CheckPaths(m, bundle); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", source, err)
@@ -1103,15 +1124,12 @@ func readConfig(file string) (*specs.Spec, error) {
 	if err != nil {
 		return nil, err
 	}
-	var spec specs.Spec
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&spec); err != nil {
-		return nil, fmt.Errorf("%s: %w", file, describeJSONError(data, err))
+	if err := checkSyntax(data); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
 	}
-	end := dec.InputOffset()
-	if rest := bytes.TrimLeft(data[end:], " \t\r\n"); len(rest) > 0 {
-		line, col := lineCol(data, int64(len(data)-len(rest)))
-		return nil, fmt.Errorf("%s: unexpected data after the JSON object at line %d, column %d", file, line, col)
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, describeJSONError(data, err))
 	}
 	return &spec, nil
 }
@@ -1121,15 +1139,12 @@ func describeJSONError(data []byte, err error) error {
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
-	case errors.As(err, &se):
-		line, col := lineCol(data, se.Offset)
-		return fmt.Errorf("invalid JSON at line %d, column %d (offset %d): %w", line, col, se.Offset, err)
 	case errors.As(err, &te):
-		line, col := lineCol(data, te.Offset)
+		line, col := lineCol(data, te.Offset-1)
 		return fmt.Errorf("field %s: JSON %s where %s is expected, at line %d, column %d (offset %d): %w",
 			te.Field, te.Value, te.Type, line, col, te.Offset, err)
-	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-		return fmt.Errorf("invalid JSON: unexpected end of input: %w", err)
+	case errors.As(err, &se), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return describeSyntaxError(data, err)
 	}
 	return err
 }
