@@ -1,0 +1,646 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"github.com/opencontainers/runc/libcontainer/seccomp"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultRoot is the state directory used when Runtime.Root is empty. Every
+// container keeps its libcontainer state in <Root>/<id>; empty root
+// filesystems made by EmptyRootfs live in <Root>/rootfs/<id>.
+const DefaultRoot = "/run/pyisolate"
+
+// DefaultCgroupParent is the cgroup under which a container gets its own
+// cgroup (<parent>/<id>) when its spec names none and the cgroupfs driver is
+// used.
+const DefaultCgroupParent = "/pyisolate"
+
+// SeccompEnabled reports whether seccomp support is compiled into this
+// binary. libcontainer only has it with cgo and the "seccomp" build tag
+// (libseccomp); without it, a spec with a seccomp section fails at Create.
+const SeccompEnabled = seccomp.Enabled
+
+// errNoDevices says that the binary lacks libcontainer's device cgroup
+// backend (see container_devices.go).
+var errNoDevices = errors.New("this binary was built without the device cgroup backend " +
+	"(github.com/opencontainers/cgroups/devices, see runtime/container_devices.go): device rules cannot be applied")
+
+// rootfsDir is the subdirectory of the state root holding empty root
+// filesystems; it is also a reserved container id.
+const rootfsDir = "rootfs"
+
+// ErrNotOwner is returned by Wait for a container or process this Runtime
+// value did not start (one obtained with Load): only the parent process can
+// collect an exit status.
+var ErrNotOwner = errors.New("exit status unavailable: the process was not started by this process")
+
+// Runtime creates and manages containers whose state lives under Root. The
+// zero value uses DefaultRoot. A Runtime is safe for concurrent use.
+type Runtime struct {
+	// Root is the state directory. Empty means DefaultRoot.
+	Root string
+}
+
+// CreateOptions are the per-container inputs of Create that are not in the
+// OCI spec.
+type CreateOptions struct {
+	// Bundle is the absolute path of the OCI bundle. Relative paths in the
+	// spec (root.path, bind mount sources) are resolved against it, and it
+	// is reported by State. It may be empty when every spec path is absolute.
+	Bundle string
+	// Stdin, Stdout and Stderr are the container init's standard streams.
+	// *os.File values are passed to the container as they are (no copying);
+	// other readers and writers are connected through pipes. Nil means
+	// /dev/null.
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	// Systemd selects the systemd cgroup driver instead of cgroupfs. The
+	// spec's cgroupsPath must then be "slice:prefix:name" or empty.
+	Systemd bool
+	// NoPivot uses MS_MOVE and chroot instead of pivot_root, for root
+	// filesystems on a ramdisk.
+	NoPivot bool
+}
+
+// Stdio are the standard streams of a process run by Exec. *os.File values
+// are passed as they are; nil means /dev/null.
+type Stdio struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+// ExitStatus is how a container process ended.
+type ExitStatus struct {
+	// Code follows the shell convention: the exit code, or 128+n when the
+	// process was killed by signal n (137 for SIGKILL).
+	Code int
+	// Signal is the signal that killed the process, or 0 when it exited.
+	Signal syscall.Signal
+	// OOMKilled reports that the kernel's OOM killer killed a process of the
+	// container while this process ran (memory limit reached).
+	OOMKilled bool
+}
+
+// String describes the status in words.
+func (e ExitStatus) String() string {
+	var s string
+	if e.Signal != 0 {
+		s = fmt.Sprintf("killed by signal %d (%s)", int(e.Signal), unix.SignalName(e.Signal))
+	} else {
+		s = fmt.Sprintf("exited with code %d", e.Code)
+	}
+	if e.OOMKilled {
+		s += ", out of memory"
+	}
+	return s
+}
+
+func (r *Runtime) root() string {
+	if r == nil || r.Root == "" {
+		return DefaultRoot
+	}
+	return r.Root
+}
+
+// Container is a container created by Create or found by Load.
+type Container struct {
+	rt *Runtime
+	lc *libcontainer.Container
+	// init is the container's init process when this process created it;
+	// nil for a loaded container.
+	init *Process
+}
+
+// ID returns the container id.
+func (c *Container) ID() string { return c.lc.ID() }
+
+// checkID refuses ids libcontainer refuses, plus the reserved one.
+func checkID(id string) error {
+	if id == rootfsDir {
+		return fmt.Errorf("container id %q is reserved", id)
+	}
+	if id == "" || len(id) > 1024 {
+		return fmt.Errorf("invalid container id %q", id)
+	}
+	for _, ch := range id {
+		switch {
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9',
+			ch == '_', ch == '+', ch == '-', ch == '.':
+		default:
+			return fmt.Errorf("invalid container id %q: only letters, digits and _+-. are allowed", id)
+		}
+	}
+	if id == "." || id == ".." {
+		return fmt.Errorf("invalid container id %q", id)
+	}
+	return nil
+}
+
+// ensureRoot creates the state root. It is 0711 rather than libcontainer's
+// 0700 so that a container in a user namespace (whose root is an unprivileged
+// host uid) can reach its root filesystem under <Root>/rootfs; the state
+// directories inside stay unlistable.
+func (r *Runtime) ensureRoot() error {
+	root := r.root()
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		return fmt.Errorf("create state root: %w", err)
+	}
+	return nil
+}
+
+// EmptyRootfs creates <Root>/rootfs/<id>: an empty directory, mode 0755, owned
+// by host root, for a bwrap-style container whose whole filesystem comes from
+// mounts. Create makes the mount points in it; Delete removes it again, and
+// only it. An existing empty directory (left by a killed run) is reused.
+func (r *Runtime) EmptyRootfs(id string) (string, error) {
+	if err := checkID(id); err != nil {
+		return "", err
+	}
+	if err := r.ensureRoot(); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(r.root(), rootfsDir)
+	if err := os.Mkdir(dir, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("create rootfs directory: %w", err)
+	}
+	if err := chmodIfNot(r.root(), 0o711); err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, id)
+	if err := os.Mkdir(p, 0o755); err != nil {
+		if !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("create empty rootfs: %w", err)
+		}
+		if err := removeEmptyTree(p, false); err != nil {
+			return "", fmt.Errorf("empty rootfs %s exists and is not empty: %w", p, err)
+		}
+	}
+	if err := os.Chown(p, 0, 0); err != nil {
+		return "", fmt.Errorf("empty rootfs: %w", err)
+	}
+	if err := os.Chmod(p, 0o755); err != nil {
+		return "", fmt.Errorf("empty rootfs: %w", err)
+	}
+	return p, nil
+}
+
+// chmodIfNot gives p the permission bits mode unless it has them already.
+func chmodIfNot(p string, mode os.FileMode) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		return fmt.Errorf("state root: %w", err)
+	}
+	if st.Mode().Perm() == mode {
+		return nil
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		return fmt.Errorf("state root: %w", err)
+	}
+	return nil
+}
+
+// emptyRootfsPath is where EmptyRootfs puts the rootfs of id.
+func (r *Runtime) emptyRootfsPath(id string) string {
+	return filepath.Join(r.root(), rootfsDir, id)
+}
+
+// Create creates container id from spec s and starts its init process in the
+// "created" state, like `runc create`: namespaces, mounts and cgroups are set
+// up and the init waits; Start makes it exec the spec's process. s is not
+// modified. On error nothing is left behind, the empty rootfs EmptyRootfs
+// made for id included.
+func (r *Runtime) Create(ctx context.Context, id string, s *specs.Spec, opts CreateOptions) (*Container, error) {
+	if checkID(id) == nil {
+		if _, err := os.Lstat(filepath.Join(r.root(), id)); err == nil {
+			return nil, fmt.Errorf("create container %s: %w", id, libcontainer.ErrExist)
+		}
+	}
+	c, err := r.create(ctx, id, s, opts)
+	if err != nil && checkID(id) == nil {
+		_ = r.removeRootfs(id)
+	}
+	return c, err
+}
+
+func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts CreateOptions) (*Container, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
+	if err := checkID(id); err != nil {
+		return nil, fmt.Errorf("create container: %w", err)
+	}
+	if s == nil || s.Process == nil {
+		return nil, fmt.Errorf("create container %s: spec has no process", id)
+	}
+	if s.Process.Terminal {
+		return nil, fmt.Errorf("create container %s: process.terminal is not supported", id)
+	}
+	if len(s.Process.Args) == 0 {
+		return nil, fmt.Errorf("create container %s: process.args is empty", id)
+	}
+	if opts.Bundle != "" && !filepath.IsAbs(opts.Bundle) {
+		return nil, fmt.Errorf("create container %s: bundle %q is not an absolute path", id, opts.Bundle)
+	}
+	if opts.Systemd {
+		if _, err := os.Stat("/run/systemd/system"); err != nil {
+			return nil, fmt.Errorf("create container %s: systemd cgroup driver requested but systemd is not running here (no /run/systemd/system)", id)
+		}
+	}
+	ls, err := absSpec(s, opts.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
+	if !opts.Systemd && ls.Linux != nil && ls.Linux.CgroupsPath == "" {
+		ls.Linux.CgroupsPath = DefaultCgroupParent + "/" + id
+	}
+	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
+		CgroupName:       id,
+		UseSystemdCgroup: opts.Systemd,
+		NoPivotRoot:      opts.NoPivot,
+		Spec:             ls,
+		RootlessEUID:     os.Geteuid() != 0,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: convert spec: %w", id, err)
+	}
+	// specconv records its working directory as the bundle; record ours.
+	cfg.Labels = slices.DeleteFunc(cfg.Labels, func(l string) bool { return strings.HasPrefix(l, "bundle=") })
+	cfg.Labels = append(cfg.Labels, "bundle="+opts.Bundle)
+	proc, err := newProcess(ls.Process)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
+	// Process rlimits apply to the init; keep them in the config as well so
+	// that processes started by Exec get the same ones by default.
+	cfg.Rlimits = proc.Rlimits
+	if cgroups.DevicesSetV1 == nil && !cfg.Cgroups.SkipDevices {
+		return nil, fmt.Errorf("create container %s: %w", id, errNoDevices)
+	}
+	if err := r.ensureRoot(); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
+	if cfg.Rootfs == r.emptyRootfsPath(id) {
+		if err := makeMountpoints(cfg.Rootfs, cfg.Mounts); err != nil {
+			return nil, fmt.Errorf("create container %s: %w", id, err)
+		}
+	}
+	lc, err := libcontainer.Create(r.root(), id, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
+	proc.Init = true
+	proc.Stdin, proc.Stdout, proc.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
+	if err := lc.Start(proc); err != nil {
+		_ = lc.Destroy()
+		return nil, fmt.Errorf("create container %s: start init: %w", id, err)
+	}
+	c := &Container{rt: r, lc: lc}
+	c.init = newOwnedProcess(c, proc, 0)
+	return c, nil
+}
+
+// absSpec returns a copy of s whose root path and bind mount sources are
+// absolute, resolved against bundle. specconv resolves them against the
+// working directory instead, which a library must not change.
+func absSpec(s *specs.Spec, bundle string) (*specs.Spec, error) {
+	ls := *s
+	if s.Root == nil || s.Root.Path == "" {
+		return nil, errors.New("spec has no root.path")
+	}
+	abs := func(p string) (string, error) {
+		if filepath.IsAbs(p) {
+			return p, nil
+		}
+		if bundle == "" {
+			return "", fmt.Errorf("relative path %q in spec and no bundle given", p)
+		}
+		return filepath.Join(bundle, p), nil
+	}
+	root := *s.Root
+	var err error
+	if root.Path, err = abs(root.Path); err != nil {
+		return nil, err
+	}
+	ls.Root = &root
+	ls.Mounts = slices.Clone(s.Mounts)
+	for i, m := range ls.Mounts {
+		if m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind") {
+			if ls.Mounts[i].Source, err = abs(m.Source); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if s.Linux != nil {
+		l := *s.Linux
+		ls.Linux = &l
+	}
+	return &ls, nil
+}
+
+// makeMountpoints creates, as host root, the mount points of mounts in an
+// empty rootfs made by EmptyRootfs: a directory, or an empty file for a bind
+// of a file. Inside a user namespace the container's root cannot write to a
+// directory owned by host root, so libcontainer could not make them itself.
+// Destinations below another mount are left to libcontainer (they live in
+// that mount).
+func makeMountpoints(rootfs string, mounts []*configs.Mount) error {
+	var done []string
+	for _, m := range mounts {
+		dst := filepath.Clean("/" + m.Destination)
+		if dst == "/" || underAny(dst, done) {
+			continue
+		}
+		done = append(done, dst)
+		p := filepath.Join(rootfs, dst)
+		isFile := false
+		if m.IsBind() {
+			if st, err := os.Stat(m.Source); err == nil && !st.IsDir() {
+				isFile = true
+			}
+		}
+		if !isFile {
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				return fmt.Errorf("create mount point %s: %w", dst, err)
+			}
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return fmt.Errorf("create mount point %s: %w", dst, err)
+		}
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_RDONLY, 0o644)
+		if err != nil {
+			return fmt.Errorf("create mount point %s: %w", dst, err)
+		}
+		f.Close()
+	}
+	return nil
+}
+
+// underAny reports whether p lies strictly below one of dirs.
+func underAny(p string, dirs []string) bool {
+	for _, d := range dirs {
+		if strings.HasPrefix(p, strings.TrimSuffix(d, "/")+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// Load finds an existing container by id. The returned Container can be
+// inspected, signalled and deleted, but Wait returns ErrNotOwner for it.
+func (r *Runtime) Load(id string) (*Container, error) {
+	if err := checkID(id); err != nil {
+		return nil, fmt.Errorf("load container: %w", err)
+	}
+	lc, err := libcontainer.Load(r.root(), id)
+	if err != nil {
+		return nil, fmt.Errorf("load container %s: %w", id, err)
+	}
+	return &Container{rt: r, lc: lc}, nil
+}
+
+// List returns the state of every container under Root, sorted by id.
+// Directories without a readable state (a creation cut short) are reported
+// with status "unknown" so that they can be deleted.
+func (r *Runtime) List() ([]State, error) {
+	ents, err := os.ReadDir(r.root())
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var out []State
+	for _, e := range ents {
+		if !e.IsDir() || e.Name() == rootfsDir {
+			continue
+		}
+		c, err := r.Load(e.Name())
+		if err != nil {
+			if errors.Is(err, libcontainer.ErrNotExist) {
+				out = append(out, State{ID: e.Name(), Status: StatusUnknown})
+			}
+			continue
+		}
+		st, err := c.State()
+		if err != nil {
+			continue
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Start makes the init of a created container exec the spec's process.
+func (c *Container) Start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("start container %s: %w", c.ID(), err)
+	}
+	if err := c.lc.Exec(); err != nil {
+		return fmt.Errorf("start container %s: %w", c.ID(), err)
+	}
+	return nil
+}
+
+// Wait waits for the container's init to exit and returns how it ended. It
+// may be called many times and from many goroutines. ctx bounds the wait
+// only; the container keeps running when ctx ends.
+func (c *Container) Wait(ctx context.Context) (ExitStatus, error) {
+	if c.init == nil {
+		return ExitStatus{}, fmt.Errorf("wait for container %s: %w", c.ID(), ErrNotOwner)
+	}
+	st, err := c.init.Wait(ctx)
+	if err != nil {
+		return st, fmt.Errorf("wait for container %s: %w", c.ID(), err)
+	}
+	return st, nil
+}
+
+// Signal sends sig to the container's init or, with all, to every process of
+// the container.
+func (c *Container) Signal(sig syscall.Signal, all bool) error {
+	if err := c.signal(sig, all); err != nil {
+		return fmt.Errorf("signal %s to container %s: %w", unix.SignalName(sig), c.ID(), err)
+	}
+	return nil
+}
+
+func (c *Container) signal(sig syscall.Signal, all bool) error {
+	cfg := c.lc.Config()
+	if !all || (sig == unix.SIGKILL) {
+		// SIGKILL of a PID namespace's init kills the whole namespace;
+		// without a private one libcontainer kills the whole cgroup.
+		return c.lc.Signal(sig)
+	}
+	pids, err := c.lc.Processes()
+	if err != nil {
+		return err
+	}
+	if len(pids) == 0 && cfg.Namespaces.IsPrivate(configs.NEWPID) {
+		return libcontainer.ErrNotRunning
+	}
+	for _, pid := range pids {
+		if err := unix.Kill(pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete removes the container: with force it first kills every process of
+// it; without force a running container is refused. It then removes its
+// cgroups, its state directory and its empty rootfs (if EmptyRootfs made
+// one), so that nothing of it is left.
+func (c *Container) Delete(ctx context.Context, force bool) error {
+	if err := c.delete(ctx, force); err != nil {
+		return fmt.Errorf("delete container %s: %w", c.ID(), err)
+	}
+	return nil
+}
+
+func (c *Container) delete(ctx context.Context, force bool) error {
+	status, err := c.lc.Status()
+	if err != nil {
+		return err
+	}
+	switch status {
+	case libcontainer.Stopped:
+	case libcontainer.Created:
+		force = true
+	default:
+		if !force {
+			return fmt.Errorf("container is %s (use force)", status)
+		}
+	}
+	if force && status != libcontainer.Stopped {
+		if err := c.lc.Signal(unix.SIGKILL); err != nil && !errors.Is(err, libcontainer.ErrNotRunning) {
+			return err
+		}
+		if err := c.waitGone(ctx); err != nil {
+			return err
+		}
+	} else if c.init != nil {
+		// Stopped but maybe not reaped yet.
+		if _, err := c.init.Wait(ctx); err != nil && !errors.Is(err, ErrNotOwner) {
+			return err
+		}
+	}
+	if err := c.lc.Destroy(); err != nil {
+		return err
+	}
+	return c.rt.removeRootfs(c.ID())
+}
+
+// waitGone waits until the init of the container has exited after a kill.
+func (c *Container) waitGone(ctx context.Context) error {
+	if c.init != nil {
+		_, err := c.init.Wait(ctx)
+		return err
+	}
+	st, err := c.lc.State()
+	if err != nil {
+		return err
+	}
+	return waitPidExit(ctx, st.InitProcessPid, func() bool {
+		s, err := c.lc.Status()
+		return err == nil && s == libcontainer.Stopped
+	})
+}
+
+// Delete deletes container id like Container.Delete. It also cleans up after
+// a creation that was cut short (a SIGKILLed `pyisolate run` during Create):
+// a state directory without state, leftover processes and cgroups at the
+// default cgroup path, and the empty rootfs.
+func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
+	if err := checkID(id); err != nil {
+		return fmt.Errorf("delete container: %w", err)
+	}
+	c, err := r.Load(id)
+	if err == nil {
+		return c.Delete(ctx, force)
+	}
+	if !errors.Is(err, libcontainer.ErrNotExist) {
+		return err
+	}
+	stateDir := filepath.Join(r.root(), id)
+	_, serr := os.Stat(stateDir)
+	_, rerr := os.Stat(r.emptyRootfsPath(id))
+	leftover := removeDefaultCgroups(id)
+	if serr != nil && rerr != nil && !leftover {
+		return fmt.Errorf("delete container %s: %w", id, os.ErrNotExist)
+	}
+	if err := os.RemoveAll(stateDir); err != nil {
+		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	if err := r.removeRootfs(id); err != nil {
+		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	return nil
+}
+
+// forwardedSignals are the signals Run passes on to the container's init.
+var forwardedSignals = []os.Signal{
+	unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2,
+}
+
+// Run creates, starts and waits for container id, forwarding SIGINT,
+// SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 received by this process to
+// the container's init, and deletes the container afterwards, also on error.
+// When ctx ends the container is killed.
+func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts CreateOptions) (st ExitStatus, err error) {
+	sigc := make(chan os.Signal, 8)
+	signal.Notify(sigc, forwardedSignals...)
+	defer signal.Stop(sigc)
+
+	c, err := r.Create(ctx, id, s, opts)
+	if err != nil {
+		return ExitStatus{}, err
+	}
+	defer func() {
+		if derr := c.Delete(context.WithoutCancel(ctx), true); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case sig := <-sigc:
+				_ = c.lc.Signal(sig)
+			case <-ctx.Done():
+				_ = c.lc.Signal(unix.SIGKILL)
+				return
+			case <-stop:
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+
+	if err := c.Start(ctx); err != nil {
+		return ExitStatus{}, err
+	}
+	return c.init.Wait(context.WithoutCancel(ctx))
+}
