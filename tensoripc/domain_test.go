@@ -1,0 +1,192 @@
+package tensoripc
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestCreateTmpfs(t *testing.T) {
+	d := newDomain(t, true, Options{Size: 4 << 20})
+	var fs unix.Statfs_t
+	if err := unix.Statfs(d.Dir(), &fs); err != nil {
+		t.Fatal(err)
+	}
+	if fs.Type != unix.TMPFS_MAGIC {
+		t.Errorf("filesystem type %#x, want tmpfs %#x", fs.Type, unix.TMPFS_MAGIC)
+	}
+	if got := int64(fs.Blocks) * fs.Bsize; got != 4<<20 {
+		t.Errorf("tmpfs size %d, want %d", got, 4<<20)
+	}
+	for _, f := range []struct {
+		bit  int64
+		name string
+	}{{unix.ST_NOSUID, "nosuid"}, {unix.ST_NODEV, "nodev"}, {unix.ST_NOEXEC, "noexec"}} {
+		if fs.Flags&f.bit == 0 {
+			t.Errorf("tmpfs mounted without %s (flags %#x)", f.name, fs.Flags)
+		}
+	}
+	fi, err := os.Stat(d.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSticky == 0 || fi.Mode().Perm() != 0o777 {
+		t.Errorf("mode %v, want drwxrwxrwt", fi.Mode())
+	}
+	if d.FileBacked() || len(d.Warnings()) != 0 {
+		t.Errorf("FileBacked %v, warnings %q; want a tmpfs without warnings", d.FileBacked(), d.Warnings())
+	}
+	if _, err := Create(context.Background(), d.Dir(), Options{}); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("second Create: %v, want already exists", err)
+	}
+	o, err := Open(d.Dir(), Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	if o.Group() != "g" || o.FileBacked() {
+		t.Errorf("Open: group %q file-backed %v, want g on tmpfs", o.Group(), o.FileBacked())
+	}
+}
+
+func TestDestroyUnmountsAndRemoves(t *testing.T) {
+	for _, busy := range []bool{false, true} {
+		t.Run(map[bool]string{false: "idle", true: "busy"}[busy], func(t *testing.T) {
+			needRoot(t)
+			dir := filepath.Join(t.TempDir(), "shm")
+			d, err := Create(context.Background(), dir, Options{Size: 1 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m, _ := isMountPoint(dir); !m {
+				t.Fatalf("%s not mounted after Create", dir)
+			}
+			if busy { // an open file makes umount(2) fail with EBUSY
+				f, err := os.Create(filepath.Join(dir, "held"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				if err := unix.Unmount(dir, 0); !errors.Is(err, unix.EBUSY) {
+					t.Fatalf("plain unmount of a busy tmpfs: %v, want EBUSY", err)
+				}
+			}
+			if err := d.Destroy(context.Background()); err != nil {
+				t.Fatalf("Destroy: %v", err)
+			}
+			if m, _ := isMountPoint(dir); m {
+				unix.Unmount(dir, unix.MNT_DETACH)
+				t.Fatalf("%s still mounted after Destroy", dir)
+			}
+			if exists(t, dir) || exists(t, d.StateDir()) {
+				t.Errorf("Destroy left %s or %s", dir, d.StateDir())
+			}
+		})
+	}
+}
+
+func TestCreateFallback(t *testing.T) {
+	tests := []struct {
+		name       string
+		mountErr   error
+		wantErr    error
+		fileBacked bool
+	}{
+		{"EPERM falls back", unix.EPERM, nil, true},
+		{"EACCES falls back", unix.EACCES, nil, true},
+		{"ENODEV falls back", unix.ENODEV, nil, true},
+		{"EINVAL is an error", unix.EINVAL, unix.EINVAL, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "shm")
+			var gotData string
+			mount := func(_, _, fstype string, flags uintptr, data string) error {
+				gotData = data
+				if fstype != "tmpfs" || flags != unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC {
+					t.Errorf("mount %s flags %#x, want tmpfs nosuid,nodev,noexec", fstype, flags)
+				}
+				return tt.mountErr
+			}
+			d, err := Create(context.Background(), dir, Options{Group: "g", Size: 1 << 20, Mount: mount})
+			if gotData != "size=1048576,mode=1777" {
+				t.Errorf("mount data %q", gotData)
+			}
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Create: %v, want %v", err, tt.wantErr)
+				}
+				if exists(t, filepath.Join(dir+".state", stateFile)) {
+					t.Errorf("failed Create left state behind")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Create: %v", err)
+			}
+			defer d.Destroy(context.Background())
+			if !d.FileBacked() {
+				t.Errorf("FileBacked false after %v", tt.mountErr)
+			}
+			if w := d.Warnings(); len(w) != 1 || !strings.Contains(w[0], FileBackedWarning) {
+				t.Errorf("warnings %q, want one with %q", w, FileBackedWarning)
+			}
+			fi, err := os.Stat(dir)
+			if err != nil || fi.Mode()&os.ModeSticky == 0 || fi.Mode().Perm() != 0o777 {
+				t.Errorf("fallback dir mode %v (%v), want drwxrwxrwt", fi.Mode(), err)
+			}
+			o, err := Open(dir, Options{})
+			if err != nil || !o.FileBacked() || len(o.Warnings()) != 1 {
+				t.Errorf("Open of a file-backed domain: %v, file-backed %v", err, o != nil && o.FileBacked())
+			}
+			if err := d.Destroy(context.Background()); err != nil || exists(t, dir) {
+				t.Errorf("Destroy: %v, dir left: %v", err, exists(t, dir))
+			}
+		})
+	}
+}
+
+func TestCreateRefusesNonEmptyDir(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "x"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(context.Background(), dir, Options{Mount: eperm}); err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Errorf("Create on a non-empty dir: %v, want not empty", err)
+	}
+}
+
+func TestOpenMissing(t *testing.T) {
+	if _, err := Open(filepath.Join(t.TempDir(), "nothing"), Options{}); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Open of no domain: %v, want not-exist error", err)
+	}
+}
+
+func TestDefaultSize(t *testing.T) {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		t.Fatal(err)
+	}
+	half := int64(si.Freeram) * int64(si.Unit) / 2
+	s := DefaultSize()
+	page := int64(os.Getpagesize())
+	if s <= 0 || s > 1<<30 || s%page != 0 {
+		t.Fatalf("DefaultSize %d: want 0 < size <= 1 GiB, whole pages", s)
+	}
+	// free memory moves between the two readings: allow 64 MiB of drift
+	if s < 1<<30 && (s > half+64<<20 || s < half-64<<20) {
+		t.Errorf("DefaultSize %d, half of free memory %d", s, half)
+	}
+}
+
+func TestUnescapeMountinfo(t *testing.T) {
+	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/tab\011`: "/tab\t", `/x\`: `/x\`} {
+		if got := unescapeMountinfo(in); got != want {
+			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

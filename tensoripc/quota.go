@@ -1,0 +1,176 @@
+package tensoripc
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// WarnPercent is the share of the quota at which Pressure warns.
+const WarnPercent = 90
+
+// OwnerUsage is what one owner (a member id or OwnerUnknown) holds.
+type OwnerUsage struct {
+	Owner    string
+	Bytes    int64 // allocated bytes
+	Segments int
+	Exited   time.Time // zero while the owner lives (or is unknown)
+}
+
+// Usage is the group's shared-memory use.
+type Usage struct {
+	Group string
+	// Quota is the tmpfs size (statfs), or the configured size when the
+	// domain is file-backed (then nothing enforces it).
+	Quota  int64
+	Used   int64        // bytes allocated by all segments
+	Owners []OwnerUsage // largest first
+}
+
+// Pressure is Usage judged against the quota.
+type Pressure struct {
+	Usage
+	Percent float64 // Used/Quota in percent
+	Warn    bool    // Percent >= WarnPercent
+	// Message is the warning line, e.g. "shm group G: 93% of 1.0 GiB used;
+	// largest owners: ext-a 600 MiB, host 300 MiB"; empty when not Warn.
+	Message string
+}
+
+// Usage returns the bytes used per owner and in all, and the quota.
+func (d *Domain) Usage(ctx context.Context) (Usage, error) {
+	var u Usage
+	err := d.update(ctx, func(st *state) error {
+		segs, err := d.scan(st, time.Now())
+		if err != nil {
+			return err
+		}
+		u = Usage{Group: d.opts.Group, Quota: st.Size}
+		if st.Mounted {
+			var fs unix.Statfs_t
+			if err := unix.Statfs(d.dir, &fs); err != nil {
+				return fmt.Errorf("statfs %s: %w", d.dir, err)
+			}
+			u.Quota = int64(fs.Blocks) * fs.Bsize
+		}
+		by := map[string]*OwnerUsage{}
+		for _, s := range segs {
+			o := by[s.Owner]
+			if o == nil {
+				o = &OwnerUsage{Owner: s.Owner}
+				if m := st.Members[s.Owner]; m != nil {
+					o.Exited = m.Exited
+				}
+				by[s.Owner] = o
+			}
+			o.Bytes += s.Size
+			o.Segments++
+			u.Used += s.Size
+		}
+		for _, o := range by {
+			u.Owners = append(u.Owners, *o)
+		}
+		sort.Slice(u.Owners, func(i, j int) bool {
+			a, b := u.Owners[i], u.Owners[j]
+			return a.Bytes > b.Bytes || a.Bytes == b.Bytes && a.Owner < b.Owner
+		})
+		return nil
+	})
+	if err != nil {
+		return Usage{}, fmt.Errorf("usage of shm group %s: %w", d.opts.Group, err)
+	}
+	return u, nil
+}
+
+// Pressure returns the usage and, at WarnPercent of the quota or more, a
+// warning line naming the largest owners.
+func (d *Domain) Pressure(ctx context.Context) (Pressure, error) {
+	u, err := d.Usage(ctx)
+	if err != nil {
+		return Pressure{}, err
+	}
+	p := Pressure{Usage: u}
+	if u.Quota > 0 {
+		p.Percent = 100 * float64(u.Used) / float64(u.Quota)
+	}
+	if p.Percent >= WarnPercent {
+		p.Warn = true
+		p.Message = fmt.Sprintf("shm group %s: %.0f%% of %s used; largest owners: %s",
+			u.Group, p.Percent, HumanBytes(u.Quota), ownerList(u.Owners, 3))
+	}
+	return p, nil
+}
+
+// ExplainENOSPC tells, for a member that just got ENOSPC, who uses the group's
+// shared memory and what can be done. It never fails: problems reading the
+// domain become part of the text.
+func (d *Domain) ExplainENOSPC(ctx context.Context) string {
+	u, err := d.Usage(ctx)
+	if err != nil {
+		return fmt.Sprintf("shm group %s is out of space (no space left on device); its usage could not be read: %v", d.opts.Group, err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "shm group %s is out of space (no space left on device): %s of %s used", u.Group, HumanBytes(u.Used), HumanBytes(u.Quota))
+	if d.FileBacked() {
+		fmt.Fprintf(&b, " (file-backed: the filesystem holding %s is full; the quota is not enforced)", d.dir)
+	}
+	b.WriteString(".")
+	if len(u.Owners) == 0 {
+		b.WriteString(" No segments are stored.")
+	} else {
+		b.WriteString(" By owner:")
+		for i, o := range u.Owners {
+			sep := ";"
+			if i == 0 {
+				sep = ""
+			}
+			plural := "s"
+			if o.Segments == 1 {
+				plural = ""
+			}
+			fmt.Fprintf(&b, "%s %s %s in %d segment%s", sep, o.Owner, HumanBytes(o.Bytes), o.Segments, plural)
+			if !o.Exited.IsZero() {
+				fmt.Fprintf(&b, " (exited %s; reclaimable after %s)", o.Exited.Format(time.RFC3339), o.Exited.Add(d.Retention()).Format(time.RFC3339))
+			}
+		}
+		b.WriteString(".")
+	}
+	fmt.Fprintf(&b, " Remedies: free tensors in the largest owner, raise limits.shm_size (now %s), or run `pyisolate shm gc` to reclaim segments of exited members.", HumanBytes(u.Quota))
+	return b.String()
+}
+
+func ownerList(owners []OwnerUsage, n int) string {
+	var parts []string
+	for i, o := range owners {
+		if i == n {
+			break
+		}
+		parts = append(parts, o.Owner+" "+HumanBytes(o.Bytes))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// HumanBytes formats n in binary units: "512 B", "4.0 MiB", "600 MiB".
+func HumanBytes(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v := float64(n)
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB"}
+	i := -1
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	if v < 10 {
+		return fmt.Sprintf("%.1f %s", v, units[i])
+	}
+	return fmt.Sprintf("%.0f %s", v, units[i])
+}
