@@ -1,0 +1,32 @@
+package runtime
+
+import (
+	goruntime "runtime"
+
+	"github.com/opencontainers/runc/libcontainer/seccomp"
+	"golang.org/x/sys/unix"
+)
+
+// hostEnv is the detection environment of the running host.
+func hostEnv() detectEnv {
+	return detectEnv{
+		goos:           goruntime.GOOS,
+		root:           "/",
+		probe:          probeNamespacesFor,
+		statfs:         statfsBytes,
+		writable:       func(path string) bool { return unix.Access(path, unix.W_OK) == nil },
+		seccompPrctl:   func() error { return unix.Prctl(unix.PR_GET_SECCOMP, 0, 0, 0, 0) },
+		seccompBuiltIn: seccomp.Enabled,
+	}
+}
+
+// statfsBytes returns the size of the filesystem holding path and the space
+// an unprivileged user may use in it.
+func statfsBytes(path string) (fsStat, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return fsStat{}, err
+	}
+	bs := uint64(st.Bsize)
+	return fsStat{Size: st.Blocks * bs, Free: st.Bavail * bs}, nil
+}
