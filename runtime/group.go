@@ -1,0 +1,244 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pyisolate/pyisolate-oci/tensoripc"
+)
+
+// An isolation group's files live under <root>/groups/<name>:
+//
+//	shm/        the group's tmpfs, bound at /dev/shm in every member
+//	shm.state/  the shared-memory domain's records (owners, leases)
+//	sock/       the group's socket directory, bound at /run/pyisolate
+//	lock        flock serialising join and leave across processes
+const (
+	groupsDir     = "groups"
+	groupShm      = "shm"
+	groupSock     = "sock"
+	groupLockFile = "lock"
+)
+
+// GroupOptions configure a group when its first member creates it.
+type GroupOptions struct {
+	// ShmSize is the tmpfs quota of the group's /dev/shm in bytes; zero gives
+	// tensoripc.DefaultSize().
+	ShmSize int64
+	// Retention is how long segments outlive an exited member; zero gives
+	// tensoripc.DefaultRetention.
+	Retention time.Duration
+}
+
+// Group is an isolation group on this host: a host and its extensions, which
+// share one /dev/shm tmpfs and one socket directory and nothing else. The
+// group's resources exist while any member lives.
+type Group struct {
+	// Name is the group's name.
+	Name string
+	// Dir is <root>/groups/<name>.
+	Dir string
+	// Domain is the group's shared-memory domain.
+	Domain *tensoripc.Domain
+}
+
+// GroupDir returns the directory of group name under the runtime root.
+func GroupDir(root, name string) string {
+	return filepath.Join(root, groupsDir, name)
+}
+
+// ShmDir is the host directory of the group's shared memory.
+func (g *Group) ShmDir() string { return filepath.Join(g.Dir, groupShm) }
+
+// SocketDir is the host directory of the group's sockets.
+func (g *Group) SocketDir() string { return filepath.Join(g.Dir, groupSock) }
+
+// OpenGroup returns group name under root with member id (host pid pid)
+// joined, creating the group's tmpfs and socket directory when no live group
+// of that name exists. A group whose members are all gone (a crashed runtime)
+// is destroyed and made anew. Creating and joining happen under one lock, so a
+// racing Leave cannot end the group in between. The caller may Join again
+// later with the container's init pid.
+func OpenGroup(ctx context.Context, root, name, id string, pid int, opts GroupOptions) (*Group, error) {
+	if err := checkID(name); err != nil {
+		return nil, fmt.Errorf("group %q: %w", name, err)
+	}
+	g := &Group{Name: name, Dir: GroupDir(root, name)}
+	if err := os.MkdirAll(g.Dir, 0o711); err != nil {
+		return nil, fmt.Errorf("group %s: %w", name, err)
+	}
+	unlock, err := lockFile(ctx, filepath.Join(g.Dir, groupLockFile))
+	if err != nil {
+		return nil, fmt.Errorf("group %s: %w", name, err)
+	}
+	defer unlock()
+	dopts := tensoripc.Options{Group: name, Size: opts.ShmSize, Retention: opts.Retention}
+	d, err := tensoripc.Open(g.ShmDir(), dopts)
+	if err == nil {
+		if live, lerr := liveMembers(ctx, d); lerr == nil && len(live) == 0 {
+			// Left over by a runtime that died: start clean.
+			if err := d.Destroy(ctx); err != nil {
+				return nil, fmt.Errorf("group %s: remove stale shared memory: %w", name, err)
+			}
+			d = nil
+		}
+	} else {
+		d = nil
+	}
+	if d == nil {
+		if d, err = tensoripc.Create(ctx, g.ShmDir(), dopts); err != nil {
+			return nil, fmt.Errorf("group %s: %w", name, err)
+		}
+	}
+	g.Domain = d
+	if err := g.Join(ctx, id, pid); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(g.SocketDir(), 0o755); err != nil {
+		return nil, fmt.Errorf("group %s: socket dir: %w", name, err)
+	}
+	// Members run under mapped or unprivileged ids: anyone in the group may
+	// create sockets; only group members see the directory at all.
+	if err := os.Chmod(g.SocketDir(), 0o777|os.ModeSticky); err != nil {
+		return nil, fmt.Errorf("group %s: socket dir: %w", name, err)
+	}
+	return g, nil
+}
+
+// Join registers a member (a container id and the host pid of its init, or a
+// plain host process) so that the segments it creates are attributed to it.
+func (g *Group) Join(ctx context.Context, id string, pid int) error {
+	if err := g.Domain.AddMember(ctx, tensoripc.Member{ID: id, PID: pid}); err != nil {
+		return fmt.Errorf("group %s: join %s: %w", g.Name, id, err)
+	}
+	return nil
+}
+
+// Leave records that member id exited: its segments are kept for the
+// retention period, then reclaimed. When no member is left alive the group
+// ends: its shared memory is unmounted and every file of it removed. Leave
+// reports whether the group ended.
+func (g *Group) Leave(ctx context.Context, id string) (ended bool, err error) {
+	unlock, err := lockFile(ctx, filepath.Join(g.Dir, groupLockFile))
+	if err != nil {
+		return false, fmt.Errorf("group %s: leave %s: %w", g.Name, id, err)
+	}
+	defer unlock()
+	if err := g.Domain.MemberExited(ctx, id, time.Now()); err != nil {
+		return false, fmt.Errorf("group %s: leave %s: %w", g.Name, id, err)
+	}
+	live, err := liveMembers(ctx, g.Domain)
+	if err != nil {
+		return false, fmt.Errorf("group %s: leave %s: %w", g.Name, id, err)
+	}
+	if len(live) > 0 {
+		return false, nil
+	}
+	if err := g.destroyLocked(ctx); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Destroy ends the group now, whatever its members: shared memory unmounted,
+// segments, sockets and records removed.
+func (g *Group) Destroy(ctx context.Context) error {
+	unlock, err := lockFile(ctx, filepath.Join(g.Dir, groupLockFile))
+	if err != nil {
+		return fmt.Errorf("group %s: destroy: %w", g.Name, err)
+	}
+	defer unlock()
+	return g.destroyLocked(ctx)
+}
+
+func (g *Group) destroyLocked(ctx context.Context) error {
+	if err := g.Domain.Destroy(ctx); err != nil {
+		return fmt.Errorf("group %s: %w", g.Name, err)
+	}
+	if err := os.RemoveAll(g.SocketDir()); err != nil {
+		return fmt.Errorf("group %s: remove sockets: %w", g.Name, err)
+	}
+	// The lock file goes last; a racing OpenGroup recreates the directory.
+	_ = os.Remove(filepath.Join(g.Dir, groupLockFile))
+	_ = os.Remove(g.Dir)
+	return nil
+}
+
+// LoadGroup opens an existing group without creating anything.
+func LoadGroup(root, name string) (*Group, error) {
+	if err := checkID(name); err != nil {
+		return nil, fmt.Errorf("group %q: %w", name, err)
+	}
+	g := &Group{Name: name, Dir: GroupDir(root, name)}
+	d, err := tensoripc.Open(g.ShmDir(), tensoripc.Options{Group: name})
+	if err != nil {
+		return nil, fmt.Errorf("group %s: %w", name, err)
+	}
+	g.Domain = d
+	return g, nil
+}
+
+// ListGroups returns the names of the groups under root, sorted.
+func ListGroups(root string) ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(root, groupsDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list groups: %w", err)
+	}
+	var names []string
+	for _, e := range ents {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+func liveMembers(ctx context.Context, d *tensoripc.Domain) ([]string, error) {
+	ms, err := d.Members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var live []string
+	for _, m := range ms {
+		if m.Alive {
+			live = append(live, m.ID)
+		}
+	}
+	return live, nil
+}
+
+// lockFile takes an exclusive flock on path (created if absent), waiting
+// until ctx ends.
+func lockFile(ctx context.Context, path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
