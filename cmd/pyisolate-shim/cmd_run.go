@@ -1,0 +1,314 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/spec"
+)
+
+// exitRuntime is the exit status of `run` when the runtime itself fails
+// (not the container's process), as docker and podman use it.
+const exitRuntime = 125
+
+func init() {
+	register("run", "run an extension bundle sandboxed, in the foreground", runMain)
+	register("ps", "list containers", psMain)
+	register("kill", "send a signal to a container", killMain)
+	register("delete", "delete a container and everything it holds", deleteMain)
+}
+
+// newFlagSet returns a flag set whose Usage prints the verb's usage and
+// flags on stdout; parse errors are left to parseFlags.
+func newFlagSet(name, usage string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {
+		fs.SetOutput(os.Stdout)
+		fmt.Fprintf(os.Stdout, "Usage: pyisolate %s %s\n", name, usage)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	return fs
+}
+
+// parseFlags parses args into fs. It returns -1 to go on, or the exit status:
+// 0 after -h (usage on stdout), exitUsage after a bad flag (one line on
+// stderr).
+func parseFlags(fs *flag.FlagSet, args []string) int {
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return -1
+	case errors.Is(err, flag.ErrHelp):
+		fs.Usage()
+		return 0
+	}
+	return fail(exitUsage, "%s: %v (see 'pyisolate %s -h')", fs.Name(), err, fs.Name())
+}
+
+// usageError reports a wrong number of arguments in one line.
+func usageError(fs *flag.FlagSet, format string, a ...any) int {
+	return fail(exitUsage, "%s: %s (see 'pyisolate %s -h')", fs.Name(), fmt.Sprintf(format, a...), fs.Name())
+}
+
+func runMain(args []string) int {
+	fs := newFlagSet("run", "[--group G] [--root DIR] [--id ID] BUNDLE [-- CMD...]\n\n"+
+		"Runs the bundle's extension in the foreground with stdio attached and exits with\n"+
+		"its status (128+N when killed by signal N, 137 when out of memory); 2 means bad\n"+
+		"input, 125 a runtime failure. The container is deleted afterwards.")
+	group := fs.String("group", "", "isolation group (overrides the manifest's)")
+	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	id := fs.String("id", "", "container id (default: the extension name and a random suffix)")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return usageError(fs, "no bundle given")
+	}
+	bundle, cmd := rest[0], rest[1:]
+	if len(cmd) > 0 && cmd[0] == "--" {
+		cmd = cmd[1:]
+	}
+	return runBundle(context.Background(), runRequest{
+		Bundle: bundle, Group: *group, Root: *root, ID: *id, Command: cmd,
+	})
+}
+
+// runRequest is what `pyisolate run` was asked.
+type runRequest struct {
+	Bundle, Group, Root, ID string
+	// Command replaces the process args when not empty.
+	Command []string
+}
+
+// runBundle runs one bundle and returns the exit status for the CLI.
+func runBundle(ctx context.Context, req runRequest) int {
+	bundle, err := filepath.Abs(req.Bundle)
+	if err != nil {
+		return fail(exitUsage, "run: bundle %q: %v", req.Bundle, err)
+	}
+	m, plain, err := spec.LoadBundle(bundle)
+	if err != nil {
+		return fail(exitUsage, "run: %v", err)
+	}
+	if m == nil && plain == nil {
+		return fail(exitUsage, "run: bundle %s: no %s, no %s", bundle, spec.ManifestFile, spec.ConfigFile)
+	}
+	id := req.ID
+	if id == "" {
+		name := filepath.Base(bundle)
+		if m != nil {
+			name = m.Name
+		}
+		id = newID(name)
+	}
+	r := &runtime.Runtime{Root: req.Root}
+	var s *specs.Spec
+	if m == nil {
+		// A plain OCI bundle: its config.json as it is.
+		s = plain
+	} else {
+		s, err = buildSpec(ctx, r, bundle, id, req.Group)
+		if err != nil {
+			_ = r.Delete(ctx, id, true) // the empty rootfs, if made
+			var be *bundleError
+			if errors.As(err, &be) {
+				return fail(exitUsage, "run: %v", err)
+			}
+			return fail(exitRuntime, "run: %v", err)
+		}
+	}
+	if len(req.Command) > 0 {
+		if s.Process == nil {
+			s.Process = &specs.Process{Cwd: "/"}
+		}
+		s.Process.Args = req.Command
+	}
+	st, err := r.Run(ctx, id, s, runtime.CreateOptions{
+		Bundle: bundle, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+	})
+	if err != nil {
+		return fail(exitRuntime, "run: %v", err)
+	}
+	if st.OOMKilled {
+		limit := "none"
+		if s.Linux != nil && s.Linux.Resources != nil && s.Linux.Resources.Memory != nil &&
+			s.Linux.Resources.Memory.Limit != nil {
+			limit = formatBytes(*s.Linux.Resources.Memory.Limit)
+		}
+		fail(0, "container %s was killed: out of memory (limit %s)", id, limit)
+		return 137
+	}
+	return st.Code
+}
+
+// buildSpec builds the sandbox spec of an extension bundle, making the empty
+// rootfs when the bundle has no rootfs directory.
+func buildSpec(ctx context.Context, r *runtime.Runtime, bundle, id, group string) (*specs.Spec, error) {
+	req := bundleRequest{Bundle: bundle, ID: id, Group: group}
+	if fi, err := os.Stat(filepath.Join(bundle, "rootfs")); err != nil || !fi.IsDir() {
+		rootfs, err := r.EmptyRootfs(id)
+		if err != nil {
+			return nil, err
+		}
+		req.Rootfs = rootfs
+	}
+	s, _, err := prepareSpec(ctx, req)
+	return s, err
+}
+
+// newID makes a container id from name (reduced to the characters ids
+// allow) and a random suffix.
+func newID(name string) string {
+	name = strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-', r == '.':
+			return r
+		}
+		return '_'
+	}, name)
+	name = strings.TrimLeft(name, ".")
+	if name == "" {
+		name = "pyisolate"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return name + "-" + hex.EncodeToString(b[:])
+}
+
+// formatBytes prints a byte count with a binary unit when it is a whole
+// number of them.
+func formatBytes(n int64) string {
+	for _, u := range []struct {
+		name string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+func psMain(args []string) int {
+	fs := newFlagSet("ps", "[--root DIR] [--json]")
+	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return usageError(fs, "unexpected argument %q", fs.Arg(0))
+	}
+	list, err := (&runtime.Runtime{Root: *root}).List()
+	if err != nil {
+		return fail(1, "ps: %v", err)
+	}
+	if *asJSON {
+		if list == nil {
+			list = []runtime.State{}
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(list); err != nil {
+			return fail(1, "ps: %v", err)
+		}
+		return 0
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(w, "ID\tSTATUS\tPID\tCREATED\tBUNDLE")
+	for _, st := range list {
+		pid, created := "-", "-"
+		if st.InitPID > 0 {
+			pid = strconv.Itoa(st.InitPID)
+		}
+		if !st.Created.IsZero() {
+			created = st.Created.Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", st.ID, st.Status, pid, created, st.Bundle)
+	}
+	if err := w.Flush(); err != nil {
+		return fail(1, "ps: %v", err)
+	}
+	return 0
+}
+
+func killMain(args []string) int {
+	fs := newFlagSet("kill", "[--root DIR] [--all] ID [SIGNAL]\n\nSIGNAL is a name (TERM, SIGTERM) or a number; default TERM.")
+	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	all := fs.Bool("all", false, "signal every process of the container, not only its init")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		return usageError(fs, "want ID and an optional SIGNAL")
+	}
+	sig := unix.SIGTERM
+	if fs.NArg() == 2 {
+		var err error
+		if sig, err = parseSignal(fs.Arg(1)); err != nil {
+			return fail(exitUsage, "kill: %v", err)
+		}
+	}
+	c, err := (&runtime.Runtime{Root: *root}).Load(fs.Arg(0))
+	if err != nil {
+		return fail(1, "kill: %v", err)
+	}
+	if err := c.Signal(sig, *all); err != nil {
+		return fail(1, "kill: %v", err)
+	}
+	return 0
+}
+
+// parseSignal reads a signal name (KILL, SIGKILL, kill) or number.
+func parseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n <= 0 || n > 64 {
+			return 0, fmt.Errorf("signal %q out of range", s)
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q", s)
+}
+
+func deleteMain(args []string) int {
+	fs := newFlagSet("delete", "[--root DIR] [--force] ID\n\nRemoves a stopped container; with --force also a running one (killed first).")
+	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	force := fs.Bool("force", false, "kill the container first if it is running")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if fs.NArg() != 1 {
+		return usageError(fs, "want one container ID")
+	}
+	if err := (&runtime.Runtime{Root: *root}).Delete(context.Background(), fs.Arg(0), *force); err != nil {
+		return fail(1, "delete: %v", err)
+	}
+	return 0
+}

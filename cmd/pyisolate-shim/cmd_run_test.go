@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
+)
+
+// cliEnv makes the re-executed test binary act as the pyisolate CLI.
+const cliEnv = "PYISOLATE_TEST_AS_CLI"
+
+// The test binary doubles as the container init (libcontainer re-executes it
+// as "<binary> init") and, with cliEnv set, as the CLI itself, so that a test
+// can SIGKILL a running `pyisolate run`. The main goroutine stays on the
+// main thread (see runtime's lifecycle tests for why).
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		containerInit()
+	}
+	if os.Getenv(cliEnv) == "1" {
+		os.Exit(cliMain(os.Args[1:]))
+	}
+	goruntime.LockOSThread()
+}
+
+func TestParseSignal(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want syscall.Signal
+		bad  bool
+	}{
+		{in: "KILL", want: unix.SIGKILL},
+		{in: "SIGKILL", want: unix.SIGKILL},
+		{in: "kill", want: unix.SIGKILL},
+		{in: "9", want: unix.SIGKILL},
+		{in: "TERM", want: unix.SIGTERM},
+		{in: "usr1", want: unix.SIGUSR1},
+		{in: "0", bad: true},
+		{in: "65", bad: true},
+		{in: "NOPE", bad: true},
+		{in: "", bad: true},
+	} {
+		got, err := parseSignal(tc.in)
+		if (err != nil) != tc.bad || (!tc.bad && got != tc.want) {
+			t.Errorf("parseSignal(%q) = %v, %v", tc.in, got, err)
+		}
+	}
+}
+
+func TestFormatBytes(t *testing.T) {
+	for n, want := range map[int64]string{32 << 20: "32 MiB", 1 << 30: "1 GiB", 1536: "1536 bytes", 4096: "4 KiB", 100: "100 bytes"} {
+		if got := formatBytes(n); got != want {
+			t.Errorf("formatBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+func TestNewID(t *testing.T) {
+	for _, name := range []string{"hello", "a b/c", "..", ""} {
+		id := newID(name)
+		if err := checkIDChars(id); err != nil || id == newID(name) {
+			t.Errorf("newID(%q) = %q (%v)", name, id, err)
+		}
+	}
+}
+
+func checkIDChars(id string) error {
+	if strings.HasPrefix(id, ".") {
+		return fmt.Errorf("leading dot")
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_-.+", r)) {
+			return fmt.Errorf("bad char %q", r)
+		}
+	}
+	return nil
+}
+
+// cli runs the CLI in a child process (the re-executed test binary) and
+// returns its exit status, stdout and stderr.
+func cli(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := cliCommand(args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("pyisolate %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return code, stdout.String(), stderr.String()
+}
+
+func cliCommand(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), cliEnv+"=1")
+	return cmd
+}
+
+func TestCLIUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	broken := filepath.Join(dir, "broken")
+	os.Mkdir(broken, 0o755)
+	os.WriteFile(filepath.Join(broken, "config.json"), []byte(`{"ociVersion": "1.0.2",`), 0o644)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // in the single stderr line
+	}{
+		{"no bundle", []string{"run"}, "no bundle given"},
+		{"bad flag", []string{"run", "--bogus", "x"}, "bogus"},
+		{"missing bundle", []string{"run", filepath.Join(dir, "nope")}, "nope"},
+		{"empty bundle", []string{"run", dir}, "config.json"},
+		{"broken config", []string{"run", broken}, "config.json"},
+		{"ps argument", []string{"ps", "x"}, "unexpected argument"},
+		{"kill signal", []string{"kill", "x", "NOSUCH"}, "unknown signal"},
+		{"kill no id", []string{"kill"}, "want ID"},
+		{"delete no id", []string{"delete"}, "want one container ID"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := cli(t, tc.args...)
+			if code != exitUsage || !strings.Contains(stderr, tc.want) {
+				t.Errorf("exit %d, stderr %q; want %d and %q", code, stderr, exitUsage, tc.want)
+			}
+			if strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Errorf("stderr has more than one line: %q", stderr)
+			}
+		})
+	}
+}
+
+// e2e holds a state root and an extension bundle for CLI tests that run
+// real containers.
+type e2e struct {
+	root, bundle string
+}
+
+func newE2E(t *testing.T, limits string) *e2e {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("CLI end-to-end tests run real containers and need root")
+	}
+	root, err := os.MkdirTemp("/run", "pyisolate-clitest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not under /tmp: the sandbox mounts a private /tmp over it.
+	dir, err := os.MkdirTemp("/var/tmp", "pyisolate-clitest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	module := filepath.Join(dir, "ext")
+	bundle := filepath.Join(dir, "bundle")
+	for _, d := range []string{module, bundle} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, text := range map[string]string{"__init__.py": "", "__main__.py": "print('ext ran')\n"} {
+		if err := os.WriteFile(filepath.Join(module, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	manifest := fmt.Sprintf(`{"name": "clitest", "module_path": %q, "python": "/usr/bin/python3",
+		"sandbox": {"network": false}, "limits": {%s}}`, module, limits)
+	if err := os.WriteFile(filepath.Join(bundle, "pyisolate.json"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := &e2e{root: root, bundle: bundle}
+	t.Cleanup(func() {
+		e.assertClean(t)
+		os.RemoveAll(root)
+	})
+	return e
+}
+
+// assertClean checks that nothing is left of the containers under e.root:
+// state, rootfs, mounts, cgroups, processes.
+func (e *e2e) assertClean(t *testing.T) {
+	t.Helper()
+	list, err := (&runtime.Runtime{Root: e.root}).List()
+	if err != nil || len(list) != 0 {
+		t.Errorf("containers left: %+v, %v", list, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.root, "rootfs")); len(ents) != 0 {
+		t.Errorf("rootfs left: %v", ents)
+	}
+	for _, f := range []string{"/proc/self/mountinfo", "/proc/1/mountinfo"} {
+		if mi, _ := os.ReadFile(f); bytes.Contains(mi, []byte(e.root)) {
+			t.Errorf("mounts of %s left in %s", e.root, f)
+		}
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		cg, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "cgroup"))
+		if !bytes.Contains(cg, []byte("/pyisolate/clitest-")) {
+			continue
+		}
+		// An orphaned init killed by delete is a zombie until the
+		// machine's init reaps it: it holds nothing but its pid.
+		if st, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "stat")); isZombie(st) {
+			continue
+		}
+		t.Errorf("process %s left in %s", p.Name(), cg)
+	}
+	matches, _ := filepath.Glob("/sys/fs/cgroup/*/pyisolate/clitest-*")
+	matches2, _ := filepath.Glob("/sys/fs/cgroup/pyisolate/clitest-*")
+	if m := append(matches, matches2...); len(m) > 0 {
+		t.Errorf("cgroups left: %v", m)
+	}
+}
+
+func TestCLIRun(t *testing.T) {
+	e := newE2E(t, `"memory": "64Mi", "pids": 32`)
+	for _, tc := range []struct {
+		name   string
+		cmd    []string
+		code   int
+		stdout string
+		stderr string
+	}{
+		{name: "module", code: 0, stdout: "ext ran\n"},
+		{name: "exit code", cmd: []string{"sh", "-c", "echo hi; exit 3"}, code: 3, stdout: "hi\n"},
+		{name: "killed", cmd: []string{"sh", "-c", "sh -c 'kill -KILL $$'; exit $?"}, code: 137},
+		{name: "oom", cmd: []string{"/usr/bin/python3", "-c", "b = bytearray(300 << 20)"}, code: 137,
+			stderr: "out of memory (limit 64 MiB)"},
+		{name: "no binary", cmd: []string{"/no/such/binary"}, code: exitRuntime, stderr: "/no/such/binary"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"run", "--root", e.root, e.bundle}
+			if tc.cmd != nil {
+				args = append(append(args, "--"), tc.cmd...)
+			}
+			code, stdout, stderr := cli(t, args...)
+			if code != tc.code || stdout != tc.stdout || !strings.Contains(stderr, tc.stderr) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want %d, %q, %q", code, stdout, stderr, tc.code, tc.stdout, tc.stderr)
+			}
+		})
+	}
+	// A bad manifest: one line, exit 2, nothing made.
+	os.WriteFile(filepath.Join(e.bundle, "pyisolate.json"), []byte(`{"name": "x", "module_path": "/etc"}`), 0o644)
+	code, _, stderr := cli(t, "run", "--root", e.root, e.bundle)
+	if code != exitUsage || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.Contains(stderr, "module_path") {
+		t.Errorf("bad manifest: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestCLIKilledRun SIGKILLs a running `pyisolate run`: the container stays,
+// `ps` shows it, `kill` and `delete --force` clean it up completely.
+func TestCLIKilledRun(t *testing.T) {
+	e := newE2E(t, `"pids": 16`)
+	run := cliCommand("run", "--root", e.root, "--id", "clitest-killed", e.bundle, "--", "sleep", "60")
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var list []runtime.State
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		code, out, stderr := cli(t, "ps", "--root", e.root, "--json")
+		if code != 0 {
+			t.Fatalf("ps: %d %s", code, stderr)
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			t.Fatal(err)
+		}
+		if len(list) == 1 && list[0].Status == runtime.StatusRunning {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container not running: %s", out)
+		}
+	}
+	run.Process.Kill()
+	run.Wait()
+
+	code, out, _ := cli(t, "ps", "--root", e.root)
+	if code != 0 || !strings.Contains(out, "clitest-killed") || !strings.Contains(out, "running") {
+		t.Errorf("ps after SIGKILL of run: %d %q", code, out)
+	}
+	if code, _, stderr := cli(t, "delete", "--root", e.root, "clitest-killed"); code == 0 {
+		t.Errorf("delete without --force of a running container: exit 0 (%s)", stderr)
+	}
+	if code, _, stderr := cli(t, "kill", "--root", e.root, "clitest-killed", "KILL"); code != 0 {
+		t.Errorf("kill: %d %s", code, stderr)
+	}
+	if code, _, stderr := cli(t, "delete", "--root", e.root, "--force", "clitest-killed"); code != 0 {
+		t.Errorf("delete --force: %d %s", code, stderr)
+	}
+	if code, _, _ := cli(t, "delete", "--root", e.root, "clitest-killed"); code == 0 {
+		t.Error("second delete succeeded")
+	}
+}
+
+// isZombie reports whether a /proc/PID/stat line is a zombie's.
+func isZombie(stat []byte) bool {
+	i := bytes.LastIndexByte(stat, ')')
+	return i > 0 && len(stat) > i+2 && stat[i+2] == 'Z'
+}
