@@ -28,6 +28,7 @@ func keptReasons(r ReclaimReport) map[string]string {
 }
 
 func TestReclaim(t *testing.T) {
+	t.Parallel()
 	bothKinds(t, Options{Retention: 200 * time.Millisecond}, testReclaim)
 }
 

@@ -20,7 +20,10 @@ func bothKinds(t *testing.T, opts Options, f func(t *testing.T, d *Domain)) {
 	}
 }
 
-func TestOwnership(t *testing.T) { bothKinds(t, Options{}, testOwnership) }
+func TestOwnership(t *testing.T) {
+	t.Parallel()
+	bothKinds(t, Options{}, testOwnership)
+}
 
 func testOwnership(t *testing.T, d *Domain) {
 	host, ext := startPy(t, d.Dir()), startPy(t, d.Dir())
