@@ -147,6 +147,21 @@ func (g *Group) Leave(ctx context.Context, id string) (ended bool, err error) {
 	return true, nil
 }
 
+// EndIfAbandoned ends the group when none of its members is alive (their
+// runtimes died without leaving) and reports whether it did.
+func (g *Group) EndIfAbandoned(ctx context.Context) (bool, error) {
+	unlock, err := lockFile(ctx, filepath.Join(g.Dir, groupLockFile))
+	if err != nil {
+		return false, fmt.Errorf("group %s: %w", g.Name, err)
+	}
+	defer unlock()
+	live, err := liveMembers(ctx, g.Domain)
+	if err != nil || len(live) > 0 {
+		return false, err
+	}
+	return true, g.destroyLocked(ctx)
+}
+
 // Destroy ends the group now, whatever its members: shared memory unmounted,
 // segments, sockets and records removed.
 func (g *Group) Destroy(ctx context.Context) error {

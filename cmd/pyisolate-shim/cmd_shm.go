@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/spec"
+	"github.com/pyisolate/pyisolate-oci/tensoripc"
+)
+
+func init() {
+	register("shm", "inspect and reclaim isolation groups' shared memory (ls, gc, path)", shmMain)
+}
+
+func shmMain(args []string) int {
+	if len(args) == 0 {
+		return fail(exitUsage, "shm: want a subcommand: ls, gc or path")
+	}
+	switch args[0] {
+	case "ls":
+		return shmLs(args[1:])
+	case "gc":
+		return shmGC(args[1:])
+	case "path":
+		return shmPath(args[1:])
+	}
+	return fail(exitUsage, "shm: unknown subcommand %q (want ls, gc or path)", args[0])
+}
+
+// shmFlags parses the flags the shm subcommands share.
+func shmFlags(name string, args []string, extra func(fs *flag.FlagSet)) (root, group string, fs *flag.FlagSet, ok bool) {
+	fs = flag.NewFlagSet("shm "+name, flag.ContinueOnError)
+	rootf := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	groupf := fs.String("group", "", "isolation group (default: all groups)")
+	if extra != nil {
+		extra(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return "", "", nil, false
+	}
+	if fs.NArg() > 0 {
+		fail(exitUsage, "shm %s: unexpected argument %q", name, fs.Arg(0))
+		return "", "", nil, false
+	}
+	return *rootf, *groupf, fs, true
+}
+
+// groupsOf returns the named group, or every group under root.
+func groupsOf(root, group string) ([]*runtime.Group, error) {
+	names := []string{group}
+	if group == "" {
+		var err error
+		if names, err = runtime.ListGroups(root); err != nil {
+			return nil, err
+		}
+	}
+	var gs []*runtime.Group
+	for _, n := range names {
+		g, err := runtime.LoadGroup(root, n)
+		if err != nil {
+			return nil, err
+		}
+		gs = append(gs, g)
+	}
+	return gs, nil
+}
+
+// shmSegment is one row of `shm ls`.
+type shmSegment struct {
+	Group    string    `json:"group"`
+	Name     string    `json:"name"`
+	Owner    string    `json:"owner"`
+	Size     int64     `json:"size"`
+	Created  time.Time `json:"created"`
+	MappedBy []string  `json:"mapped_by"`
+	Lease    time.Time `json:"lease_expires,omitzero"`
+}
+
+func shmLs(args []string) int {
+	var asJSON *bool
+	root, group, _, ok := shmFlags("ls", args, func(fs *flag.FlagSet) {
+		asJSON = fs.Bool("json", false, "print JSON")
+	})
+	if !ok {
+		return exitUsage
+	}
+	ctx := context.Background()
+	gs, err := groupsOf(root, group)
+	if err != nil {
+		return fail(1, "shm ls: %v", err)
+	}
+	rows := []shmSegment{}
+	var warnings []string
+	for _, g := range gs {
+		segs, err := g.Domain.Segments(ctx)
+		if err != nil {
+			return fail(1, "shm ls: %v", err)
+		}
+		for _, s := range segs {
+			rows = append(rows, shmSegment{Group: g.Name, Name: s.Name, Owner: s.Owner, Size: s.Size,
+				Created: s.Created, MappedBy: s.UsedBy, Lease: s.LeaseExpires})
+		}
+		if p, err := g.Domain.Pressure(ctx); err == nil && p.Warn {
+			warnings = append(warnings, p.Message)
+		}
+		warnings = append(warnings, g.Domain.Warnings()...)
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(os.Stderr, "pyisolate: warning: "+w)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rows); err != nil {
+			return fail(1, "shm ls: %v", err)
+		}
+		return 0
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GROUP\tSEGMENT\tOWNER\tSIZE\tAGE\tMAPPED BY")
+	now := time.Now()
+	for _, r := range rows {
+		mapped := strings.Join(r.MappedBy, ",")
+		if mapped == "" {
+			mapped = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Group, r.Name, r.Owner,
+			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), mapped)
+	}
+	if err := tw.Flush(); err != nil {
+		return fail(1, "shm ls: %v", err)
+	}
+	return 0
+}
+
+func shmGC(args []string) int {
+	root, group, _, ok := shmFlags("gc", args, nil)
+	if !ok {
+		return exitUsage
+	}
+	ctx := context.Background()
+	gs, err := groupsOf(root, group)
+	if err != nil {
+		return fail(1, "shm gc: %v", err)
+	}
+	for _, g := range gs {
+		rep, err := g.Domain.GC(ctx)
+		if err != nil {
+			return fail(1, "shm gc: %v", err)
+		}
+		for _, s := range rep.Removed {
+			fmt.Printf("removed %s/%s (%s, owner %s)\n", g.Name, s.Name, tensoripc.HumanBytes(s.Size), s.Owner)
+		}
+		for _, k := range rep.Kept {
+			fmt.Printf("kept %s/%s: %s\n", g.Name, k.Name, k.Reason)
+		}
+		fmt.Printf("group %s: freed %s\n", g.Name, tensoripc.HumanBytes(rep.Freed))
+		ended, err := g.EndIfAbandoned(ctx)
+		if err != nil {
+			return fail(1, "shm gc: %v", err)
+		}
+		if ended {
+			fmt.Printf("group %s: no member alive; ended (shared memory unmounted and removed)\n", g.Name)
+		}
+	}
+	return 0
+}
+
+// shmPath prints where a group's shared memory and sockets are, so that a
+// host running outside containers can join the group. With --join it creates
+// the group if needed and registers the process --pid (default: the caller's
+// parent, the host that ran this command) as a member.
+func shmPath(args []string) int {
+	var join *bool
+	var pid *int
+	var size *string
+	root, group, _, ok := shmFlags("path", args, func(fs *flag.FlagSet) {
+		join = fs.Bool("join", false, "create the group if needed and join it as member 'host'")
+		pid = fs.Int("pid", os.Getppid(), "with --join: host pid of the joining process")
+		size = fs.String("shm-size", "", "with --join: size of the group's tmpfs when it is created (e.g. 1Gi)")
+	})
+	if !ok {
+		return exitUsage
+	}
+	if group == "" {
+		return fail(exitUsage, "shm path: --group is required")
+	}
+	ctx := context.Background()
+	var g *runtime.Group
+	var err error
+	if *join {
+		var sz spec.ByteSize
+		if *size != "" {
+			if sz, err = spec.ParseByteSize(*size); err != nil {
+				return fail(exitUsage, "shm path: --shm-size: %v", err)
+			}
+		}
+		g, err = runtime.OpenGroup(ctx, root, group, "host", *pid, runtime.GroupOptions{ShmSize: int64(sz)})
+	} else {
+		g, err = runtime.LoadGroup(root, group)
+	}
+	if err != nil {
+		return fail(1, "shm path: %v", err)
+	}
+	fmt.Printf("shm=%s\nsockets=%s\n", g.ShmDir(), g.SocketDir())
+	return 0
+}
