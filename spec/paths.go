@@ -67,10 +67,11 @@ func (pol pathPolicy) reason(p string, inodes bool) string {
 	if !inodes {
 		return ""
 	}
-	// A bind mount can show a forbidden directory under another name.
+	// A bind mount (or a hard link) can show a forbidden path under another
+	// name.
 	for _, f := range append(pol.forbidden[:len(pol.forbidden):len(pol.forbidden)], pol.trees...) {
 		if sameFile(p, f) {
-			return fmt.Sprintf("it is the same directory as %s, seen through a bind mount", f)
+			return fmt.Sprintf("it is %s under another name: a bind mount or a hard link", f)
 		}
 	}
 	return ""
