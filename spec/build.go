@@ -66,8 +66,8 @@ var EtcAllowList = []string{
 
 // SealedEnvAllowList are the variables a sealed extension keeps from its
 // environment (besides the PYISOLATE_* ones the builder sets and the
-// manifest's env).
-var SealedEnvAllowList = []string{"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM"}
+// manifest's env). PATH is not among them: sealed extensions get DefaultPath.
+var SealedEnvAllowList = []string{"LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM"}
 
 // DefaultPath is PATH inside the sandbox unless the caller gives one.
 const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -305,6 +305,9 @@ func TestBuildEnv(t *testing.T) {
 			if !strings.HasPrefix(env["PATH"], "/srv/venvs/a/bin:") {
 				t.Errorf("PATH = %q, want the venv first", env["PATH"])
 			}
+			if tt.model == Sealed && env["PATH"] != "/srv/venvs/a/bin:"+DefaultPath {
+				t.Errorf("sealed PATH = %q, want the venv and DefaultPath only", env["PATH"])
+			}
 		})
 	}
 }
