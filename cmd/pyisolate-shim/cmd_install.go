@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/pyisolate/pyisolate-oci/install"
+)
+
+func init() {
+	register("install", "install the binary and the containerd runtime entry on this node", func(args []string) int { return installMain("install", args) })
+	register("uninstall", "remove what 'install' added (binaries and the containerd runtime entry)", func(args []string) int { return installMain("uninstall", args) })
+}
+
+func installMain(verb string, args []string) int {
+	fs := flag.NewFlagSet(verb, flag.ContinueOnError)
+	cfg := fs.String("containerd-config", install.DefaultContainerdConfig, "containerd's config.toml (created when missing)")
+	binDir := fs.String("bin-dir", install.DefaultBinDir, "directory on containerd's PATH for pyisolate and "+install.ShimName)
+	name := fs.String("runtime-name", install.DefaultRuntimeName, "runtime table key (the Kubernetes RuntimeClass handler)")
+	restart := fs.Bool("restart", true, "restart containerd when the config changed (systemd only, or --restart-command)")
+	restartCmd := fs.String("restart-command", "", "command to restart containerd with instead of systemctl (split on spaces)")
+	dryRun := fs.Bool("dry-run", false, "print the resulting config and change nothing")
+	skipBin := fs.Bool("config-only", false, "leave the bin directory alone")
+	var source *string
+	var version *int
+	var containerd *string
+	if verb == "install" {
+		source = fs.String("source", "", "binary to install (default: this one)")
+		version = fs.Int("config-version", 0, "config version for a missing or empty config: 2 (containerd 1.x) or 3 (2.x); default from 'containerd --version'")
+		containerd = fs.String("containerd", "containerd", "containerd binary asked for its version when the config is empty")
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: pyisolate %s [flags]\n\n", verb)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		return fail(exitUsage, "%s: unexpected argument %q", verb, fs.Arg(0))
+	}
+	o := install.Options{
+		ContainerdConfig: *cfg,
+		BinDir:           *binDir,
+		RuntimeName:      *name,
+		Restart:          *restart,
+		DryRun:           *dryRun,
+		SkipBinaries:     *skipBin,
+	}
+	if *restartCmd != "" {
+		o.RestartCommand = strings.Fields(*restartCmd)
+	}
+	ctx := context.Background()
+	var res *install.Result
+	var err error
+	if verb == "install" {
+		o.Source, o.ConfigVersion, o.ContainerdBinary = *source, *version, *containerd
+		if o.ConfigVersion != 0 && (o.ConfigVersion < 1 || o.ConfigVersion > 3) {
+			return fail(exitUsage, "install: --config-version: want 2 or 3 (1 for old configs), not %d", o.ConfigVersion)
+		}
+		res, err = install.Install(ctx, o)
+	} else {
+		res, err = install.Uninstall(ctx, o)
+	}
+	if res != nil {
+		reportInstall(verb, &o, res)
+	}
+	if err != nil {
+		return fail(1, "%s: %v", verb, err)
+	}
+	return 0
+}
+
+func reportInstall(verb string, o *install.Options, res *install.Result) {
+	p := func(format string, a ...any) { fmt.Printf("pyisolate "+verb+": "+format+"\n", a...) }
+	if o.DryRun {
+		os.Stdout.Write(res.Config)
+		p("dry run: nothing written")
+	}
+	if !o.SkipBinaries {
+		state := "unchanged"
+		switch {
+		case res.BinariesChanged && verb == "install":
+			state = "installed"
+		case res.BinariesChanged:
+			state = "removed"
+		case verb == "uninstall":
+			state = "not present"
+		}
+		p("%s, %s: %s", res.Binary, res.Shim, state)
+	}
+	state := "unchanged"
+	if res.ConfigChanged {
+		state = "runtime " + fmt.Sprintf("%q", o.RuntimeName) + map[string]string{"install": " added", "uninstall": " removed"}[verb]
+	}
+	if res.ConfigVersion != 0 {
+		state += fmt.Sprintf(" (config version %d)", res.ConfigVersion)
+	}
+	p("%s: %s", o.ContainerdConfig, state)
+	if res.Backup != "" {
+		p("backup of the original config: %s", res.Backup)
+	}
+	for _, n := range res.Notes {
+		p("%s", n)
+	}
+}
