@@ -232,7 +232,9 @@ func (b *builder) process() *specs.Process {
 	p := &specs.Process{
 		Args:            m.Command,
 		Env:             b.env(),
-		Cwd:             "/tmp",
+		// The module's parent, so that `python -m <module>` and the
+		// module's own relative imports work with any command.
+		Cwd:             path.Dir(m.ModulePath),
 		NoNewPrivileges: true,
 		// Empty, non-nil sets: every capability dropped.
 		Capabilities: &specs.LinuxCapabilities{
@@ -241,9 +243,7 @@ func (b *builder) process() *specs.Process {
 		Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
 	}
 	if len(p.Args) == 0 {
-		// python -m <module dir name>, run from the module's parent.
 		p.Args = []string{m.python(), "-m", path.Base(m.ModulePath)}
-		p.Cwd = path.Dir(m.ModulePath)
 	}
 	if b.dropped(DropUserNamespace) {
 		p.User = specs.User{UID: NobodyID, GID: NobodyID}

@@ -323,7 +323,7 @@ func TestBuildCommand(t *testing.T) {
 	}
 	m.Command = []string{"/usr/bin/python3", "-c", "pass"}
 	s = mustBuild(t, m, fullHost(), sampleOptions())
-	if !slices.Equal(s.Process.Args, m.Command) || s.Process.Cwd != "/tmp" {
+	if !slices.Equal(s.Process.Args, m.Command) || s.Process.Cwd != "/srv/nodes" {
 		t.Errorf("args = %v cwd = %q", s.Process.Args, s.Process.Cwd)
 	}
 }

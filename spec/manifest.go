@@ -46,8 +46,8 @@ type Manifest struct {
 	Limits Limits `json:"limits"`
 	// GPUs are fully qualified CDI device names, such as nvidia.com/gpu=0.
 	GPUs []string `json:"gpus,omitempty"`
-	// Command is the process to run. Defaults to [Python, "-m", <module
-	// directory name>] run from the module's parent directory.
+	// Command is the process to run, in the module's parent directory.
+	// Defaults to [Python, "-m", <module directory name>].
 	Command []string `json:"command,omitempty"`
 }
 

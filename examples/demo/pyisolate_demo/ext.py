@@ -7,12 +7,11 @@
 import mmap
 import os
 import socket
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
-import wire  # noqa: E402
+import numpy as np
+
+from pyisolate_demo import wire
 
 
 def open_ref(ref):

@@ -19,9 +19,9 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
-import wire  # noqa: E402
+import numpy as np
+
+from pyisolate_demo import wire
 
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 

@@ -1,0 +1,1 @@
+"""pyisolate-oci demo: a host and an extension sharing tensors through the group's /dev/shm."""
