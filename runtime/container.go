@@ -37,6 +37,12 @@ const DefaultCgroupParent = "/pyisolate"
 // (libseccomp); without it, a spec with a seccomp section fails at Create.
 const SeccompEnabled = seccomp.Enabled
 
+// isReservedID reports whether name is a directory of the state root that
+// is not a container: the empty root filesystems and the isolation groups.
+func isReservedID(name string) bool {
+	return name == rootfsDir || name == groupsDir
+}
+
 // errNoDevices says that the binary lacks libcontainer's device cgroup
 // backend (see container_devices.go).
 var errNoDevices = errors.New("this binary was built without the device cgroup backend " +
@@ -135,7 +141,7 @@ func (c *Container) ID() string { return c.lc.ID() }
 
 // checkID refuses ids libcontainer refuses, plus the reserved one.
 func checkID(id string) error {
-	if id == rootfsDir {
+	if isReservedID(id) {
 		return fmt.Errorf("container id %q is reserved", id)
 	}
 	if id == "" || len(id) > 1024 {
@@ -431,7 +437,7 @@ func (r *Runtime) List() ([]State, error) {
 	}
 	var out []State
 	for _, e := range ents {
-		if !e.IsDir() || e.Name() == rootfsDir {
+		if !e.IsDir() || isReservedID(e.Name()) {
 			continue
 		}
 		c, err := r.Load(e.Name())
