@@ -152,7 +152,7 @@ func TestWatchAttributesAtCreation(t *testing.T) {
 	go func() { done <- d.Watch(ctx) }()
 	time.Sleep(200 * time.Millisecond) // let Watch start
 
-	// held open for 300 ms, then closed: only a prompt look finds the creator
+	// held open for 1 s, then closed: only a prompt look finds the creator
 	ext.do(t, "create w1 4096 brief")
 	if s := segmentMap(t, d)["w1"]; s.Owner != "ext-a" || s.Attribution != ByOpenFD {
 		t.Errorf("w1 under Watch: owner %s by %s, want ext-a by open fd", s.Owner, s.Attribution)
@@ -166,12 +166,12 @@ func TestWatchAttributesAtCreation(t *testing.T) {
 	if err := d.MemberExited(context.Background(), "ext-b", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for exists(t, filepath.Join(d.Dir(), "v1")) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if exists(t, filepath.Join(d.Dir(), "v1")) {
-		t.Errorf("v1 of a killed member still there 5 s after it exited, with retention 200 ms under Watch")
+		t.Errorf("v1 of a killed member still there 10 s after it exited, with retention 200 ms under Watch")
 	}
 
 	cancel()

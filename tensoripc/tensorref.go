@@ -96,6 +96,7 @@ type FieldError struct {
 	Msg   string
 }
 
+// Error names the field: tensorref: field "NAME": MESSAGE.
 func (e *FieldError) Error() string { return fmt.Sprintf("tensorref: field %q: %s", e.Field, e.Msg) }
 
 func fieldErr(field, format string, args ...any) error {

@@ -90,11 +90,11 @@ def serve(d):
                 elif mode == "closed":  # written and closed: nothing held
                     with open(path, "xb") as f:
                         f.write(data)
-                elif mode == "brief":  # held open 300 ms, then closed
+                elif mode == "brief":  # held open 1 s, then closed
                     with open(path, "xb") as f:
                         f.write(data)
                         f.flush()
-                        time.sleep(0.3)
+                        time.sleep(1.0)
                 elif mode == "child":  # a child process creates and maps it
                     c = subprocess.Popen([sys.executable, __file__, "serve", d],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
