@@ -16,12 +16,18 @@ import (
 // device interfaces. "/" is among them, so "/" itself is refused; a path
 // below one of them, such as /home/alice/ComfyUI/custom_nodes/x, is allowed
 // unless it lies in ForbiddenTrees.
-var ForbiddenPaths = []string{"/", "/etc", "/root", "/home", "/var", "/run", "/proc", "/sys", "/dev", "/boot"}
+var ForbiddenPaths = []string{"/", "/etc", "/root", "/home", "/var", "/run", "/proc", "/sys", "/dev", "/boot", "/tmp"}
 
 // ForbiddenTrees are host directories below which no path of a manifest may
 // lie: kernel interfaces (/proc, /sys), devices (/dev: devices come only
-// through CDI, see Manifest.GPUs) and the boot files (/boot).
-var ForbiddenTrees = []string{"/proc", "/sys", "/dev", "/boot"}
+// through CDI, see Manifest.GPUs), the boot files (/boot), the host's
+// configuration (/etc: the sandbox gets its own short allow list) and its
+// runtime sockets (/run: a bound containerd or docker socket is a way out).
+var ForbiddenTrees = []string{"/proc", "/sys", "/dev", "/boot", "/etc", "/run"}
+
+// ReadonlyTrees are the system directories the sandbox binds read-only; no
+// writable path may lie in them.
+var ReadonlyTrees = []string{"/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin"}
 
 // treeReasons explain why a forbidden tree is refused.
 var treeReasons = map[string]string{
@@ -29,6 +35,8 @@ var treeReasons = map[string]string{
 	"/sys":  "kernel interfaces are never bound",
 	"/dev":  "devices come only through CDI, see gpus",
 	"/boot": "boot files are never bound",
+	"/etc":  "the sandbox's /etc is a fixed allow list",
+	"/run":  "runtime sockets such as containerd's are never bound",
 }
 
 // pathPolicy is the set of forbidden paths a check uses. Tests build their
@@ -184,6 +192,9 @@ func (pol pathPolicy) check(field, p string, b bundleRoot) (string, fs.FileInfo,
 	if err != nil {
 		return "", nil, fieldErr(field, "cannot stat %q: %v", p, err)
 	}
+	if fi.Mode()&(fs.ModeSocket|fs.ModeDevice|fs.ModeNamedPipe) != 0 {
+		return "", nil, fieldErr(field, "%q is a socket, device or pipe: only files and directories are bound", p)
+	}
 	return resolved, fi, nil
 }
 
@@ -292,6 +303,14 @@ func (pol pathPolicy) checkManifest(m *Manifest, bundle string) error {
 	writable, err := pol.checkList("sandbox.writable_paths", m.Sandbox.WritablePaths, b, seen)
 	if err != nil {
 		return err
+	}
+	for i, w := range writable {
+		for _, t := range ReadonlyTrees {
+			if within(w, t) {
+				return fieldErr(fmt.Sprintf("sandbox.writable_paths[%d]", i),
+					"%q lies in %s, which the sandbox binds read-only", m.Sandbox.WritablePaths[i], t)
+			}
+		}
 	}
 	readonly, err := pol.checkList("sandbox.readonly_paths", m.Sandbox.ReadonlyPaths, b, seen)
 	if err != nil {

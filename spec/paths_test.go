@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -398,5 +399,37 @@ func TestCheckPythonPrefix(t *testing.T) {
 	// Without the policy it passes, and python's directory is resolved.
 	if err := CheckPaths(m, ""); err != nil || m.Python != python {
 		t.Fatalf("got %q, %v; want %q", m.Python, err, python)
+	}
+}
+
+func TestCheckPathTightenedPolicy(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "s.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, tt := range []struct{ path, want string }{
+		{"/etc/ssl", "/etc"},
+		{"/etc/shadow", "/etc"},
+		{"/run/containerd", "/run"},
+		{"/tmp", "protected"},
+		{sock, "socket"},
+		{"/dev/null", "/dev"},
+	} {
+		_, err := CheckPath("sandbox.readonly_paths[0]", tt.path, "")
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("CheckPath(%q) = %v, want an error mentioning %q", tt.path, err, tt.want)
+		}
+	}
+}
+
+func TestCheckPathsWritableSystemTree(t *testing.T) {
+	m := &Manifest{Name: "x", ModulePath: t.TempDir(), Sandbox: Sandbox{WritablePaths: []string{"/usr/share"}}}
+	m.ApplyDefaults()
+	err := CheckPaths(m, "")
+	if err == nil || !strings.Contains(err.Error(), "sandbox.writable_paths[0]") || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("CheckPaths = %v, want writable /usr/share refused", err)
 	}
 }
