@@ -230,8 +230,8 @@ func (b *builder) dropped(d Degradation) bool { return slices.Contains(b.drop, d
 func (b *builder) process() *specs.Process {
 	m := b.m
 	p := &specs.Process{
-		Args:            m.Command,
-		Env:             b.env(),
+		Args: m.Command,
+		Env:  b.env(),
 		// The module's parent, so that `python -m <module>` and the
 		// module's own relative imports work with any command.
 		Cwd:             path.Dir(m.ModulePath),
