@@ -1,0 +1,825 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/core/mount"
+	cdruntime "github.com/containerd/containerd/v2/core/runtime"
+	cdshim "github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
+	"github.com/containerd/containerd/v2/pkg/shutdown"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/opencontainers/runc/libcontainer"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/spec"
+)
+
+var empty = &emptypb.Empty{}
+
+// initPidFile is written into the bundle with the host pid of the
+// container's init, for the "delete" action after a shim died.
+const initPidFile = "init.pid"
+
+// service is the task service: containerd's task API (v3 message types; the
+// v2 API, which containerd 1.6/1.7 speak, is served by v2Service on the same
+// value) over the runtime package. One service serves every container of the
+// shim's group.
+type service struct {
+	ctx       context.Context
+	ns        string
+	rt        *runtime.Runtime
+	events    chan any
+	shutdown  shutdown.Service
+	publisher cdshim.Publisher
+
+	mu         sync.Mutex
+	containers map[string]*container
+
+	hostOnce sync.Once
+	host     spec.Host
+	hostErr  error
+}
+
+// container is one task: its init process and its exec processes.
+type container struct {
+	id, bundle string
+	// mountedRootfs is <bundle>/rootfs when the shim mounted the request's
+	// rootfs mounts there.
+	mountedRootfs string
+	c             *runtime.Container
+	// mu orders events: Start and Exec-start hold it while they publish,
+	// the exit watchers take it before they publish an exit.
+	mu    sync.Mutex
+	init  *proc
+	execs map[string]*proc
+}
+
+// proc is a process of a task (its init or an exec).
+type proc struct {
+	execID string // empty for the init
+	stdio  stdioPaths
+	io     *procIO
+	spec   *specs.Process // exec processes, until started
+	rp     *runtime.Process
+
+	pid     int
+	started bool
+
+	exited   chan struct{}
+	status   int
+	exitedAt time.Time
+}
+
+func newProc(execID string, stdio stdioPaths) *proc {
+	return &proc{execID: execID, stdio: stdio, exited: make(chan struct{})}
+}
+
+func (p *proc) hasExited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// newService makes the task service and starts its event forwarder.
+func newService(ctx context.Context, publisher cdshim.Publisher, sd shutdown.Service) (*service, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &service{
+		ctx:        ctx,
+		ns:         ns,
+		rt:         &runtime.Runtime{Root: stateRoot(ns)},
+		events:     make(chan any, 128),
+		shutdown:   sd,
+		publisher:  publisher,
+		containers: map[string]*container{},
+	}
+	go s.forward(ctx, publisher)
+	if address, err := cdshim.ReadAddress("address"); err == nil {
+		sd.RegisterCallback(func(context.Context) error { return cdshim.RemoveSocket(address) })
+	}
+	return s, nil
+}
+
+// RegisterTTRPC registers the task service as containerd.task.v2.Task and
+// containerd.task.v3.Task (identical messages).
+func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
+	taskAPI.RegisterTTRPCTaskService(server, s)
+	registerV2(server, s)
+	return nil
+}
+
+func (s *service) send(evt any) {
+	select {
+	case s.events <- evt:
+	case <-s.shutdown.Done():
+	}
+}
+
+func (s *service) forward(ctx context.Context, publisher cdshim.Publisher) {
+	ctx = context.WithoutCancel(ctx)
+	defer publisher.Close()
+	publish := func(e any) {
+		if err := publisher.Publish(ctx, cdruntime.GetTopic(e), e); err != nil {
+			log.G(ctx).WithError(err).Error("post event")
+		}
+	}
+	for {
+		select {
+		case e := <-s.events:
+			publish(e)
+		case <-s.shutdown.Done():
+			for {
+				select {
+				case e := <-s.events:
+					publish(e)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (s *service) getContainer(id string) (*container, error) {
+	s.mu.Lock()
+	c := s.containers[id]
+	s.mu.Unlock()
+	if c == nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "container %s not created", id)
+	}
+	return c, nil
+}
+
+// getProc returns the init (execID empty) or an exec process of c.
+func (c *container) getProc(execID string) (*proc, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if execID == "" {
+		return c.init, nil
+	}
+	p := c.execs[execID]
+	if p == nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "exec %s of container %s not found", execID, c.id)
+	}
+	return p, nil
+}
+
+// hostProfile detects the host once per shim process.
+func (s *service) hostProfile(ctx context.Context) (spec.Host, error) {
+	s.hostOnce.Do(func() {
+		prof, err := runtime.Detect(ctx)
+		if err != nil {
+			s.hostErr = fmt.Errorf("detect host: %w", err)
+			return
+		}
+		s.host = prof.SpecHost()
+	})
+	return s.host, s.hostErr
+}
+
+// invalid marks an error in the caller's bundle, spec or manifest.
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errdefs.ErrInvalidArgument}, a...)...)
+}
+
+// buildSpec turns the bundle containerd wrote into the spec the container
+// runs with: the sandbox built from the pyisolate manifest when the bundle
+// has one (pyisolate.json or io.pyisolate.* annotations), else the caller's
+// spec hardened by spec.Harden.
+func (s *service) buildSpec(ctx context.Context, id, bundle string) (*specs.Spec, error) {
+	m, plain, err := spec.LoadBundle(bundle)
+	if err != nil {
+		return nil, invalid("pyisolate: %v", err)
+	}
+	if plain == nil {
+		return nil, invalid("pyisolate: bundle %s has no %s", bundle, spec.ConfigFile)
+	}
+	host, err := s.hostProfile(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if m == nil {
+		out, err := spec.Harden(plain, host)
+		if err != nil {
+			return nil, invalid("pyisolate: %v", err)
+		}
+		if d := spec.DegradedList(out); len(d) > 0 {
+			log.G(ctx).WithField("id", id).Warnf("sandbox degraded on this host (%s): %v", host.Restriction, d)
+		}
+		return out, nil
+	}
+	rootfs := ""
+	if plain.Root != nil && plain.Root.Path != "" {
+		rootfs = plain.Root.Path
+		if !filepath.IsAbs(rootfs) {
+			rootfs = filepath.Join(bundle, rootfs)
+		}
+	}
+	if rootfs == "" || isEmptyDir(rootfs) {
+		// A host-files extension: the whole filesystem comes from binds.
+		if rootfs, err = s.rt.EmptyRootfs(id); err != nil {
+			return nil, err
+		}
+	}
+	opts := spec.Options{ID: id, Rootfs: rootfs}
+	if plain.Process != nil {
+		opts.HostEnv = plain.Process.Env
+	}
+	if plain.Linux != nil {
+		opts.CgroupsPath = plain.Linux.CgroupsPath
+	}
+	out, err := spec.Build(m, host, opts)
+	if err != nil {
+		return nil, invalid("pyisolate: manifest: %v", err)
+	}
+	if plain.Process != nil {
+		if len(plain.Process.Args) > 0 {
+			out.Process.Args = plain.Process.Args
+		}
+		out.Process.Terminal = plain.Process.Terminal
+		out.Process.ConsoleSize = plain.Process.ConsoleSize
+	}
+	for k, v := range plain.Annotations {
+		if _, ok := out.Annotations[k]; !ok {
+			out.Annotations[k] = v
+		}
+	}
+	if d := spec.DegradedList(out); len(d) > 0 {
+		log.G(ctx).WithField("id", id).Warnf("sandbox degraded on this host (%s): %v", host.Restriction, d)
+	}
+	return out, nil
+}
+
+func isEmptyDir(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(1)
+	return len(names) == 0
+}
+
+// Create a new container (its init waits for Start).
+func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
+	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: checkpoint/restore is not supported")
+	}
+	s.mu.Lock()
+	if _, ok := s.containers[r.ID]; ok {
+		s.mu.Unlock()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "container %s already exists", r.ID)
+	}
+	// Reserve the id while creating.
+	s.containers[r.ID] = nil
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			delete(s.containers, r.ID)
+			s.mu.Unlock()
+		}
+	}()
+
+	c := &container{id: r.ID, bundle: r.Bundle, execs: map[string]*proc{}}
+	if len(r.Rootfs) > 0 {
+		rootfs := filepath.Join(r.Bundle, "rootfs")
+		if err := os.MkdirAll(rootfs, 0o711); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		var mounts []mount.Mount
+		for _, m := range r.Rootfs {
+			mounts = append(mounts, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
+		}
+		if err := mount.All(mounts, rootfs); err != nil {
+			return nil, errgrpc.ToGRPCf(errdefs.ErrUnknown, "mount rootfs: %v", err)
+		}
+		c.mountedRootfs = rootfs
+		defer func() {
+			if retErr != nil {
+				_ = mount.UnmountRecursive(rootfs, 0)
+			}
+		}()
+	}
+	sp, err := s.buildSpec(ctx, r.ID, r.Bundle)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	stdio := stdioPaths{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
+	if r.Terminal || sp.Process.Terminal {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: terminals (ctr run -t) are not supported yet")
+	}
+	pio, err := newProcIO(ctx, r.ID, s.ns, stdio)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	opts := runtime.CreateOptions{Bundle: r.Bundle}
+	if pio.Stdin != nil {
+		opts.Stdin = pio.Stdin
+	}
+	if pio.Stdout != nil {
+		opts.Stdout = pio.Stdout
+	}
+	if pio.Stderr != nil {
+		opts.Stderr = pio.Stderr
+	}
+	rc, err := s.rt.Create(ctx, r.ID, sp, opts)
+	pio.CloseChildEnds()
+	if err != nil {
+		pio.Close()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrUnknown, "pyisolate: %v", err)
+	}
+	st, err := rc.State()
+	if err != nil {
+		_ = rc.Delete(context.WithoutCancel(ctx), true)
+		pio.Close()
+		return nil, errgrpc.ToGRPC(err)
+	}
+	c.c = rc
+	c.init = newProc("", stdio)
+	c.init.io = pio
+	c.init.pid = st.InitPID
+	_ = os.WriteFile(filepath.Join(r.Bundle, initPidFile), []byte(strconv.Itoa(st.InitPID)), 0o644)
+
+	s.mu.Lock()
+	s.containers[r.ID] = c
+	s.mu.Unlock()
+
+	s.send(&eventstypes.TaskCreate{
+		ContainerID: r.ID,
+		Bundle:      r.Bundle,
+		Rootfs:      r.Rootfs,
+		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+		Checkpoint:  r.Checkpoint,
+		Pid:         uint32(st.InitPID),
+	})
+	go s.watchInit(c)
+	return &taskAPI.CreateTaskResponse{Pid: uint32(st.InitPID)}, nil
+}
+
+// watchInit waits for the container's init to exit and publishes the exit,
+// after the exits of the container's exec processes (which die with the
+// init's pid namespace).
+func (s *service) watchInit(c *container) {
+	st, err := c.c.Wait(context.Background())
+	exitedAt := time.Now()
+	code := st.Code
+	if err != nil {
+		log.G(s.ctx).WithError(err).WithField("id", c.id).Error("wait for container init")
+		code = 255
+	}
+	c.mu.Lock()
+	var running []*proc
+	for _, p := range c.execs {
+		if p.started && !p.hasExited() {
+			running = append(running, p)
+		}
+	}
+	c.mu.Unlock()
+	deadline := time.After(3 * time.Second)
+wait:
+	for _, p := range running {
+		select {
+		case <-p.exited:
+		case <-deadline:
+			break wait
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.init
+	p.status, p.exitedAt = code, exitedAt
+	close(p.exited)
+	if st.OOMKilled {
+		s.send(&eventstypes.TaskOOM{ContainerID: c.id})
+	}
+	s.send(&eventstypes.TaskExit{
+		ContainerID: c.id,
+		ID:          c.id,
+		Pid:         uint32(p.pid),
+		ExitStatus:  uint32(code),
+		ExitedAt:    protobuf.ToTimestamp(exitedAt),
+	})
+}
+
+// watchExec waits for an exec process to exit and publishes it.
+func (s *service) watchExec(c *container, p *proc) {
+	st, err := p.rp.Wait(context.Background())
+	exitedAt := time.Now()
+	code := st.Code
+	if err != nil {
+		log.G(s.ctx).WithError(err).WithField("id", c.id).WithField("exec", p.execID).Error("wait for exec process")
+		code = 255
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.status, p.exitedAt = code, exitedAt
+	close(p.exited)
+	if st.OOMKilled {
+		s.send(&eventstypes.TaskOOM{ContainerID: c.id})
+	}
+	s.send(&eventstypes.TaskExit{
+		ContainerID: c.id,
+		ID:          p.execID,
+		Pid:         uint32(p.pid),
+		ExitStatus:  uint32(code),
+		ExitedAt:    protobuf.ToTimestamp(exitedAt),
+	})
+}
+
+// Start the container's process, or an exec process.
+func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.getProc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.started {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "process already started")
+	}
+	if r.ExecID == "" {
+		if c.init.hasExited() {
+			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s has exited", c.id)
+		}
+		if err := c.c.Start(ctx); err != nil {
+			return nil, errgrpc.ToGRPCf(errdefs.ErrUnknown, "pyisolate: %v", err)
+		}
+		p.started = true
+		s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(p.pid)})
+		return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
+	}
+	if c.init.hasExited() {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s has exited", c.id)
+	}
+	pio, err := newProcIO(ctx, c.id+"-"+p.execID, s.ns, p.stdio)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	var stdio runtime.Stdio
+	if pio.Stdin != nil {
+		stdio.Stdin = pio.Stdin
+	}
+	if pio.Stdout != nil {
+		stdio.Stdout = pio.Stdout
+	}
+	if pio.Stderr != nil {
+		stdio.Stderr = pio.Stderr
+	}
+	rp, err := c.c.Exec(ctx, p.spec, stdio)
+	pio.CloseChildEnds()
+	if err != nil {
+		pio.Close()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrUnknown, "pyisolate: %v", err)
+	}
+	p.io, p.rp, p.pid, p.started = pio, rp, rp.Pid(), true
+	s.send(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: p.execID, Pid: uint32(p.pid)})
+	go s.watchExec(c, p)
+	return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
+}
+
+// Delete the container (after its init exited) or an exec process.
+func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.getProc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecID != "" {
+		if p.started && !p.hasExited() {
+			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %s is still running", r.ExecID)
+		}
+		c.mu.Lock()
+		delete(c.execs, r.ExecID)
+		c.mu.Unlock()
+		if p.io != nil {
+			p.io.Wait(2 * time.Second)
+			p.io.Close()
+		}
+		return deleteResponse(p), nil
+	}
+	if p.started && !p.hasExited() {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s is still running", r.ID)
+	}
+	// A created, never started container is killed by Delete.
+	if err := c.c.Delete(ctx, true); err != nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrUnknown, "pyisolate: %v", err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+	}
+	if p.io != nil {
+		p.io.Wait(2 * time.Second)
+		p.io.Close()
+	}
+	if c.mountedRootfs != "" {
+		if err := mount.UnmountRecursive(c.mountedRootfs, 0); err != nil {
+			log.G(ctx).WithError(err).Warn("unmount rootfs")
+		}
+	}
+	_ = os.Remove(filepath.Join(c.bundle, initPidFile))
+	s.mu.Lock()
+	delete(s.containers, r.ID)
+	s.mu.Unlock()
+	resp := deleteResponse(p)
+	s.send(&eventstypes.TaskDelete{
+		ContainerID: c.id,
+		ID:          c.id,
+		Pid:         resp.Pid,
+		ExitStatus:  resp.ExitStatus,
+		ExitedAt:    resp.ExitedAt,
+	})
+	return resp, nil
+}
+
+func deleteResponse(p *proc) *taskAPI.DeleteResponse {
+	resp := &taskAPI.DeleteResponse{Pid: uint32(p.pid)}
+	if p.hasExited() {
+		resp.ExitStatus = uint32(p.status)
+		resp.ExitedAt = protobuf.ToTimestamp(p.exitedAt)
+	} else {
+		resp.ExitStatus = 128 + uint32(unix.SIGKILL)
+		resp.ExitedAt = protobuf.ToTimestamp(time.Now())
+	}
+	return resp
+}
+
+// Exec adds an exec process to a running container; Start runs it.
+func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Terminal {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: terminals (ctr task exec -t) are not supported yet")
+	}
+	if r.Spec == nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %s: no process spec", r.ExecID)
+	}
+	var ps specs.Process
+	if err := json.Unmarshal(r.Spec.GetValue(), &ps); err != nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %s: process spec: %v", r.ExecID, err)
+	}
+	if ps.Terminal {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: terminals (ctr task exec -t) are not supported yet")
+	}
+	// containerd builds the exec spec from the container's original process:
+	// the sandbox's dropped capabilities and no_new_privileges apply to exec
+	// processes too (nil capabilities: the container's).
+	ps.Capabilities = nil
+	ps.NoNewPrivileges = true
+	ps.ApparmorProfile = ""
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.execs[r.ExecID]; ok || r.ExecID == "" {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "exec %q already exists", r.ExecID)
+	}
+	if c.init.hasExited() {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s has exited", c.id)
+	}
+	p := newProc(r.ExecID, stdioPaths{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal})
+	p.spec = &ps
+	c.execs[r.ExecID] = p
+	s.send(&eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: r.ExecID})
+	return empty, nil
+}
+
+// State of the container's init or an exec process.
+func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.getProc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	resp := &taskAPI.StateResponse{
+		ID:       r.ID,
+		Bundle:   c.bundle,
+		Pid:      uint32(p.pid),
+		Stdin:    p.stdio.Stdin,
+		Stdout:   p.stdio.Stdout,
+		Stderr:   p.stdio.Stderr,
+		Terminal: p.stdio.Terminal,
+		ExecID:   r.ExecID,
+	}
+	switch {
+	case p.hasExited():
+		resp.Status = task.Status_STOPPED
+		resp.ExitStatus = uint32(p.status)
+		resp.ExitedAt = protobuf.ToTimestamp(p.exitedAt)
+	case !p.started:
+		resp.Status = task.Status_CREATED
+	default:
+		resp.Status = task.Status_RUNNING
+		if r.ExecID == "" {
+			if st, err := c.c.State(); err == nil && st.Status == runtime.StatusPaused {
+				resp.Status = task.Status_PAUSED
+			}
+		}
+	}
+	return resp, nil
+}
+
+// Pids lists the processes of the container.
+func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := c.c.Processes()
+	if err != nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrUnknown, "pyisolate: %v", err)
+	}
+	resp := &taskAPI.PidsResponse{}
+	for _, pid := range pids {
+		resp.Processes = append(resp.Processes, &task.ProcessInfo{Pid: uint32(pid)})
+	}
+	return resp, nil
+}
+
+// Kill signals the init (with all, every process of the container) or an
+// exec process.
+func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.getProc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	sig := syscall.Signal(r.Signal)
+	if r.ExecID != "" {
+		if !p.started || p.hasExited() {
+			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process already finished")
+		}
+		if err := p.rp.Signal(sig); err != nil {
+			return nil, errgrpc.ToGRPC(checkKillError(err))
+		}
+		return empty, nil
+	}
+	if p.hasExited() && !r.All {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process already finished")
+	}
+	if err := c.c.Signal(sig, r.All); err != nil {
+		if p.hasExited() && r.All {
+			return empty, nil
+		}
+		return nil, errgrpc.ToGRPC(checkKillError(err))
+	}
+	return empty, nil
+}
+
+func checkKillError(err error) error {
+	if errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, unix.ESRCH) || errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
+	}
+	return fmt.Errorf("pyisolate: %w", err)
+}
+
+// Wait for a process to exit.
+func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.getProc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.exited:
+	case <-ctx.Done():
+		return nil, errgrpc.ToGRPC(ctx.Err())
+	}
+	return &taskAPI.WaitResponse{
+		ExitStatus: uint32(p.status),
+		ExitedAt:   protobuf.ToTimestamp(p.exitedAt),
+	}, nil
+}
+
+// CloseIO closes a process's stdin.
+func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*emptypb.Empty, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.getProc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Stdin && p.io != nil {
+		p.io.CloseStdin()
+	}
+	return empty, nil
+}
+
+// ResizePty resizes a process's terminal.
+func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.getProc(r.ExecID); err != nil {
+		return nil, err
+	}
+	// No terminals yet, so nothing to resize.
+	return empty, nil
+}
+
+// Pause is not supported.
+func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
+	return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: pause is not supported")
+}
+
+// Resume is not supported.
+func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
+	return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: resume is not supported")
+}
+
+// Checkpoint is not supported.
+func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: checkpoint is not supported")
+}
+
+// Update of resources is not supported: the sandbox's limits come from the
+// manifest.
+func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
+	return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: updating a running container's resources is not supported; limits come from the manifest")
+}
+
+// Stats returns the container's cgroup metrics.
+func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.c.Stats()
+	if err != nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrUnknown, "pyisolate: %v", err)
+	}
+	a, err := metricsAny(st)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &taskAPI.StatsResponse{Stats: a}, nil
+}
+
+// Connect returns the shim's and the task's pids.
+func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
+	var pid int
+	s.mu.Lock()
+	if c := s.containers[r.ID]; c != nil {
+		pid = c.init.pid
+	}
+	s.mu.Unlock()
+	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: uint32(pid)}, nil
+}
+
+// Shutdown ends the shim once it serves no container.
+func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.containers) > 0 {
+		return empty, nil
+	}
+	s.shutdown.Shutdown()
+	return empty, nil
+}
