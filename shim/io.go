@@ -46,7 +46,7 @@ type procIO struct {
 // stdioPaths are the stdio requested for a process.
 type stdioPaths struct {
 	Stdin, Stdout, Stderr string
-	Terminal             bool
+	Terminal              bool
 }
 
 // newProcIO sets up stdio for process id of namespace ns.

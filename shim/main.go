@@ -30,8 +30,8 @@ import (
 // (the same set pkg/shim parses).
 type shimFlags struct {
 	namespace, id, address, bundle, socket string
-	debug                                 bool
-	action                                string
+	debug                                  bool
+	action                                 string
 }
 
 // parseFlags reads the flags of a shim invocation; ok is false when they do
