@@ -35,7 +35,9 @@ type secTools struct {
 	probe     string // the static probe
 	// whyNoPyisolate says why pyisolate is "" (a build error).
 	whyNoPyisolate string
-	dir            string // where the built binaries live
+	// note says which pyisolate binary is used when it is not a fresh build.
+	note string
+	dir  string // where the built binaries live
 }
 
 var (
@@ -117,6 +119,7 @@ func secBuild() (*secTools, error) {
 	}
 	if p := os.Getenv("PYISOLATE_BIN"); p != "" {
 		tools.pyisolate = p
+		tools.note = "pyisolate binary from PYISOLATE_BIN: " + p
 		return tools, nil
 	}
 	bin := filepath.Join(dir, "pyisolate")
@@ -132,7 +135,9 @@ func secBuild() (*secTools, error) {
 		made := filepath.Join(repo, "bin", "pyisolate")
 		if _, serr := os.Stat(made); serr == nil {
 			tools.pyisolate = made
-			fmt.Fprintf(os.Stderr, "test: go build ./cmd/pyisolate-shim failed, using %s: %v\n", made, err)
+			tools.note = fmt.Sprintf("go build ./cmd/pyisolate-shim failed (%s); using %s, which may be stale",
+				firstLine(string(out)), made)
+			fmt.Fprintf(os.Stderr, "test: %s\n", tools.note)
 		} else {
 			tools.whyNoPyisolate = fmt.Sprintf("go build: %v: %s", err, firstLine(string(out)))
 		}

@@ -49,7 +49,7 @@ func TestSecuritySandbox(t *testing.T) {
 	fx := newSecFixture(t, tools)
 	rs, r := secRunProbe(t, tools, fx)
 	if rs == nil {
-		t.Fatalf("pyisolate run of the probe failed: %s", r)
+		t.Fatalf("pyisolate run of the probe failed: %s%s", r, secTmpHint(fx, r))
 	}
 	seen := map[string]bool{}
 	blocked := 0
@@ -102,6 +102,7 @@ func TestSecurityMemoryLimit(t *testing.T) {
 	if strings.Contains(string(r.stdout), "allocated") {
 		t.Errorf("the allocation succeeded: %q", r.stdout)
 	}
+	t.Logf("exit %d, stderr: %s", r.code, strings.TrimSpace(string(r.stderr)))
 }
 
 // TestSecurityPidsLimit: limits.pids 16 and a bounded fork bomb (at most 64
@@ -234,6 +235,18 @@ func TestSecurityRefusesPaths(t *testing.T) {
 	}
 }
 
+// secTmpHint explains the failure where the module, kept under the host's
+// /tmp, is missing in the sandbox: the private /tmp tmpfs was mounted over
+// its bind.
+func secTmpHint(fx *secFixture, r runResult) string {
+	if strings.HasPrefix(fx.module, "/tmp/") && strings.Contains(string(r.stderr), "no such file or directory") &&
+		strings.Contains(string(r.stderr), fx.module) {
+		return "\nhint: the module lives under the host's /tmp and is missing in the sandbox: the sandbox's " +
+			"private /tmp tmpfs must be mounted before the module, venv and user binds, not after them"
+	}
+	return ""
+}
+
 // secColumn is one runtime's results in the report.
 type secColumn struct {
 	name    string
@@ -283,7 +296,11 @@ func TestSecurityReport(t *testing.T) {
 		cols = append(cols, column("pyisolate", nil, runResult{}, "bin/pyisolate unavailable: "+tools.whyNoPyisolate))
 	} else {
 		rs, r := secRunProbe(t, tools, fx)
-		cols = append(cols, column("pyisolate", rs, r, ""))
+		c := column("pyisolate", rs, r, "")
+		if c.err != "" {
+			c.err += strings.ReplaceAll(secTmpHint(fx, r), "\n", " ")
+		}
+		cols = append(cols, c)
 	}
 
 	// (b) runc run with `runc spec`'s default config.
@@ -317,6 +334,9 @@ func TestSecurityReport(t *testing.T) {
 	}
 
 	report := secFormatReport(order, cols)
+	if tools.note != "" {
+		report = "note: " + tools.note + "\n" + report
+	}
 	for _, l := range strings.Split(report, "\n") {
 		t.Log(l)
 	}
