@@ -533,3 +533,25 @@ func TestExitStatusString(t *testing.T) {
 		t.Error(s)
 	}
 }
+
+func TestAbsSpec(t *testing.T) {
+	s := testSpec("rootfs", "true")
+	s.Mounts = append(s.Mounts,
+		specs.Mount{Destination: "/data", Type: "bind", Source: "data", Options: []string{"rbind", "ro"}},
+		specs.Mount{Destination: "/other", Type: "none", Source: "rel", Options: []string{"bind"}},
+		specs.Mount{Destination: "/t", Type: "tmpfs", Source: "tmpfs"})
+	ls, err := absSpec(s, "/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := len(ls.Mounts)
+	if ls.Root.Path != "/b/rootfs" || ls.Mounts[n-3].Source != "/b/data" || ls.Mounts[n-2].Source != "/b/rel" || ls.Mounts[n-1].Source != "tmpfs" {
+		t.Errorf("absSpec: root %q, mounts %+v", ls.Root.Path, ls.Mounts[n-3:])
+	}
+	if s.Root.Path != "rootfs" || s.Mounts[n-3].Source != "data" {
+		t.Error("absSpec modified its input")
+	}
+	if _, err := absSpec(s, ""); err == nil {
+		t.Error("relative root without a bundle accepted")
+	}
+}
