@@ -23,6 +23,9 @@ var SystemPaths = spec.SystemPaths
 // bound read-only into every sandbox. It is spec.EtcAllowList.
 var EtcAllowList = spec.EtcAllowList
 
+// WarningRemedySep separates a warning from its remedy in Profile.Warnings.
+const WarningRemedySep = "; remedy: "
+
 // ShmPath is the shared-memory filesystem Detect inspects.
 const ShmPath = "/dev/shm"
 
@@ -89,8 +92,8 @@ type Profile struct {
 	Kernel string `json:"kernel"`
 	// WSL is 1 or 2 under Windows Subsystem for Linux, 0 otherwise.
 	WSL int `json:"wsl,omitempty"`
-	// Warnings are problems that do not change the restriction model, each
-	// with what to do about it.
+	// Warnings are problems that do not change the restriction model. Each
+	// ends in "; remedy: ..." (WarningRemedySep) where something can be done.
 	Warnings []string `json:"warnings,omitempty"`
 }
 
@@ -389,7 +392,7 @@ func classify(ctx context.Context, env detectEnv, f hostFacts, p *Profile) error
 			if evidence == "" {
 				evidence = "the user namespace limit"
 			}
-			p.Warnings = append(p.Warnings, fmt.Sprintf("besides the missing capability, %s blocks user namespaces here; remedy: %s", evidence, RemedyFor(r)))
+			p.Warnings = append(p.Warnings, fmt.Sprintf("besides the missing capability, %s blocks user namespaces here"+WarningRemedySep+"%s", evidence, RemedyFor(r)))
 		}
 		return nil
 	}
@@ -424,8 +427,8 @@ func classifyWorking(ctx context.Context, env detectEnv, f hostFacts, p *Profile
 	if !f.sysAdmin {
 		p.RestrictionReason = "user namespaces work for the runtime (rootless: no CAP_SYS_ADMIN)"
 		p.Unprivileged = true
-		p.Warnings = append(p.Warnings, "running rootless (no CAP_SYS_ADMIN): cgroup limits need a delegated cgroup v2 subtree "+
-			"(systemd: 'systemd-run --user -p Delegate=yes ...' or Delegate=yes in the unit); without one memory, pids and CPU limits fail")
+		p.Warnings = append(p.Warnings, "running rootless (no CAP_SYS_ADMIN): memory, pids and CPU limits need a delegated cgroup v2 subtree"+
+			WarningRemedySep+"run pyisolate under 'systemd-run --user --scope -p Delegate=yes', or set Delegate=yes in its service unit")
 		return
 	}
 	p.RestrictionReason = "user namespaces work for the runtime"
@@ -447,7 +450,7 @@ func classifyWorking(ctx context.Context, env detectEnv, f hostFacts, p *Profile
 			r, _ = unexplained(f, errno)
 		}
 		p.Warnings = append(p.Warnings, "unprivileged user namespaces are blocked ("+p.UnprivilegedReason+
-			"): the runtime is not affected, but unprivileged sandboxes such as bwrap (pyisolate without this runtime) are; remedy: "+RemedyFor(r))
+			"): the runtime is not affected, but unprivileged sandboxes such as bwrap (pyisolate without this runtime) are"+WarningRemedySep+RemedyFor(r))
 	}
 }
 
@@ -648,8 +651,8 @@ func detectCgroups(env detectEnv, p *Profile) error {
 	}
 	p.CgroupVersion, p.CgroupRoot, p.CgroupV2Path = cgroupLayout(ms)
 	if p.CgroupVersion == "" {
-		p.Warnings = append(p.Warnings, "no cgroup filesystem is mounted: memory, pids and CPU limits cannot be set; "+
-			"remedy: mount cgroup2 at /sys/fs/cgroup ('mount -t cgroup2 none /sys/fs/cgroup')")
+		p.Warnings = append(p.Warnings, "no cgroup filesystem is mounted: memory, pids and CPU limits cannot be set"+
+			WarningRemedySep+"mount cgroup2 at /sys/fs/cgroup ('mount -t cgroup2 none /sys/fs/cgroup')")
 	}
 	return nil
 }
@@ -661,7 +664,7 @@ func detectSeccomp(env detectEnv, f hostFacts, p *Profile) {
 	p.SeccompBuiltIn = env.seccompBuiltIn
 	if f.seccompMode < 0 {
 		p.Warnings = append(p.Warnings, "the kernel has no seccomp support (no Seccomp field in /proc/self/status): "+
-			"sandboxes run without a syscall filter; remedy: a kernel built with CONFIG_SECCOMP_FILTER")
+			"sandboxes run without a syscall filter"+WarningRemedySep+"a kernel built with CONFIG_SECCOMP_FILTER")
 		return
 	}
 	if err := env.seccompPrctl(); err != nil {
@@ -673,8 +676,8 @@ func detectSeccomp(env detectEnv, f hostFacts, p *Profile) {
 		p.SeccompActions = s
 	}
 	if !p.SeccompBuiltIn {
-		p.Warnings = append(p.Warnings, "this binary was built without seccomp support: sandboxes run without a syscall filter; "+
-			"remedy: build with cgo, libseccomp-dev and '-tags seccomp' ('make build')")
+		p.Warnings = append(p.Warnings, "this binary was built without seccomp support: sandboxes run without a syscall filter"+
+			WarningRemedySep+"build with cgo, libseccomp-dev and '-tags seccomp' ('make build')")
 	}
 }
 

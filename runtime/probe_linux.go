@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	goruntime "runtime"
+	"sync"
 	"syscall"
 	"time"
 
@@ -100,6 +101,9 @@ func probeTarget() string {
 	return missingProbeTarget
 }
 
+// nobodyMu serialises asNobody, which changes the process's dumpable flag.
+var nobodyMu sync.Mutex
+
 // asNobody runs fn on an OS thread of its own whose real, effective and saved
 // uid and gid are 65534, with no supplementary groups and no capabilities,
 // so that the clone fn makes is judged as an unprivileged user's.
@@ -107,46 +111,72 @@ func probeTarget() string {
 //
 // The thread is locked and never unlocked, so Go ends it with the goroutine:
 // no other goroutine ever runs with these credentials, and threads Go starts
-// meanwhile come from its template thread, not from this one. Changing the
-// uid resets the process's dumpable flag, which would make the child's
-// /proc/PID/uid_map root's; the flag is put back before fn runs.
+// meanwhile come from its template thread, not from this one. It is never the
+// main thread (see nobodyGoroutine).
+//
+// While fn runs the process is dumpable: a child's /proc/PID/uid_map belongs
+// to root otherwise, and the unprivileged parent could not write it. Changing
+// the uid resets the flag, and so does any earlier start of a child with
+// SysProcAttr.Credential (Go's vfork shares the parent's mm), so it is set
+// explicitly, and put back afterwards.
 func asNobody(fn func() error) error {
+	nobodyMu.Lock()
+	defer nobodyMu.Unlock()
+	prev, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+	if err != nil {
+		return &inconclusiveError{fmt.Errorf("prctl(PR_GET_DUMPABLE): %w", err)}
+	}
+	// 0 and 1 are always accepted: the error is not worth returning.
+	defer func() { _ = unix.Prctl(unix.PR_SET_DUMPABLE, uintptr(prev), 0, 0, 0) }()
 	done := make(chan error, 1)
-	go func() {
-		goruntime.LockOSThread()
-		if err := dropThreadCredentials(spec.NobodyID); err != nil {
-			done <- &inconclusiveError{fmt.Errorf("switch the probe thread to uid %d: %w", spec.NobodyID, err)}
-			return
-		}
-		done <- fn()
-	}()
+	go nobodyGoroutine(fn, done)
 	return <-done
 }
 
-// dropThreadCredentials switches the calling thread, and only it, to uid and
-// gid id with no groups and no capabilities, keeping the process's dumpable
-// flag. The raw syscalls are per thread; Go's syscall.Setuid would change
-// every thread.
-func dropThreadCredentials(id int) error {
-	dumpable, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
-	if err != nil {
-		return fmt.Errorf("prctl(PR_GET_DUMPABLE): %w", err)
+// onMainThread reports whether the calling thread is the process's main
+// thread. A variable for tests.
+var onMainThread = func() bool { return unix.Gettid() == unix.Getpid() }
+
+// nobodyGoroutine is asNobody's goroutine: it locks its thread, drops its
+// credentials, runs fn and sends the result to done. Go never ends the main
+// thread (it parks it when its locked goroutine exits), which would leave the
+// process's leader uid 65534 for good; so on the main thread it holds that
+// thread, which makes the next goroutine start on another, and hands over.
+func nobodyGoroutine(fn func() error, done chan<- error) {
+	goruntime.LockOSThread()
+	if onMainThread() {
+		inner := make(chan error, 1)
+		go nobodyGoroutine(fn, inner)
+		done <- <-inner
+		goruntime.UnlockOSThread()
+		return
 	}
+	if err := dropThreadCredentials(spec.NobodyID); err != nil {
+		done <- &inconclusiveError{fmt.Errorf("switch the probe thread to uid %d: %w", spec.NobodyID, err)}
+		return
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0); err != nil {
+		done <- &inconclusiveError{fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)}
+		return
+	}
+	done <- fn()
+}
+
+// dropThreadCredentials switches the calling thread, and only it, to uid and
+// gid id with no groups and no capabilities. The raw syscalls are per thread;
+// Go's syscall.Setuid would change every thread.
+func dropThreadCredentials(id int) error {
 	steps := []struct {
-		name string
-		trap uintptr
-		a    uintptr
+		name       string
+		trap       uintptr
+		a1, a2, a3 uintptr
 	}{
-		{"setgroups", unix.SYS_SETGROUPS, 0},
-		{"setresgid", unix.SYS_SETRESGID, uintptr(id)},
-		{"setresuid", unix.SYS_SETRESUID, uintptr(id)},
+		{"setgroups", unix.SYS_SETGROUPS, 0, 0, 0},
+		{"setresgid", unix.SYS_SETRESGID, uintptr(id), uintptr(id), uintptr(id)},
+		{"setresuid", unix.SYS_SETRESUID, uintptr(id), uintptr(id), uintptr(id)},
 	}
 	for _, s := range steps {
-		a2, a3 := s.a, s.a
-		if s.trap == unix.SYS_SETGROUPS {
-			a2, a3 = 0, 0
-		}
-		if _, _, e := unix.RawSyscall(s.trap, s.a, a2, a3); e != 0 {
+		if _, _, e := unix.RawSyscall(s.trap, s.a1, s.a2, s.a3); e != 0 {
 			return fmt.Errorf("%s: %w", s.name, e)
 		}
 	}
@@ -154,9 +184,6 @@ func dropThreadCredentials(id int) error {
 	var none [2]unix.CapUserData
 	if err := unix.Capset(&hdr, &none[0]); err != nil {
 		return fmt.Errorf("capset: %w", err)
-	}
-	if err := unix.Prctl(unix.PR_SET_DUMPABLE, uintptr(dumpable), 0, 0, 0); err != nil {
-		return fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -290,9 +291,9 @@ func TestDetectHelper(t *testing.T) {
 	}
 }
 
-// runDetectHelper runs TestDetectHelper from a copy of the test binary that
-// uid 65534 can execute, and returns the profile it detected.
-func runDetectHelper(t *testing.T, attr *syscall.SysProcAttr, env ...string) *Profile {
+// copyTestBinary copies the test binary into a new directory that uid 65534
+// can use, and returns the copy.
+func copyTestBinary(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "pyisolate-detect-")
 	if err != nil {
@@ -310,7 +311,15 @@ func runDetectHelper(t *testing.T, attr *syscall.SysProcAttr, env ...string) *Pr
 	if err := os.WriteFile(bin, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(dir, "profile.json")
+	return bin
+}
+
+// runDetectHelper runs TestDetectHelper from bin, a copy of the test binary,
+// and returns the profile it detected.
+func runDetectHelper(t *testing.T, bin string, attr *syscall.SysProcAttr, env ...string) *Profile {
+	t.Helper()
+	dir := filepath.Dir(bin)
+	out := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".json")
 	cmd := exec.Command(bin, "-test.run=^TestDetectHelper$")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), append(env, helperOut+"="+out)...)
@@ -318,7 +327,7 @@ func runDetectHelper(t *testing.T, attr *syscall.SysProcAttr, env ...string) *Pr
 	if log, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("helper %q: %v\n%s", env, err, log)
 	}
-	b, err = os.ReadFile(out)
+	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,6 +348,7 @@ func TestDetectRealModels(t *testing.T) {
 	if err := probeNamespacesFor(context.Background(), probeUnprivileged); err != nil {
 		t.Skipf("unprivileged user namespaces are blocked here: %v", err)
 	}
+	bin := copyTestBinary(t)
 	nobody := &syscall.Credential{Uid: spec.NobodyID, Gid: spec.NobodyID}
 	userns := func() *syscall.SysProcAttr {
 		return &syscall.SysProcAttr{
@@ -362,7 +372,7 @@ func TestDetectRealModels(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := runDetectHelper(t, tc.attr, tc.env...)
+			p := runDetectHelper(t, bin, tc.attr, tc.env...)
 			if p.Restriction != tc.want || !strings.Contains(p.RestrictionReason, tc.reason) {
 				t.Errorf("restriction %q (%s), want %q (%s)", p.Restriction, p.RestrictionReason, tc.want, tc.reason)
 			}
@@ -373,5 +383,67 @@ func TestDetectRealModels(t *testing.T) {
 				t.Errorf("remedy %q", p.Remedy)
 			}
 		})
+	}
+}
+
+// TestProbeUnprivilegedNonDumpable checks the unprivileged probe in a
+// non-dumpable process, as any earlier exec with SysProcAttr.Credential
+// leaves it, and that the flag is kept.
+func TestProbeUnprivilegedNonDumpable(t *testing.T) {
+	needProbeRoot(t)
+	if err := probeNamespacesFor(context.Background(), probeUnprivileged); err != nil {
+		t.Skipf("unprivileged user namespaces are blocked here: %v", err)
+	}
+	prev, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Prctl(unix.PR_SET_DUMPABLE, uintptr(prev), 0, 0, 0) })
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := probeNamespacesFor(context.Background(), probeUnprivileged); err != nil {
+		t.Errorf("unprivileged probe in a non-dumpable process: %v", err)
+	}
+	if d, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0); err != nil || d != 0 {
+		t.Errorf("dumpable = %d (%v) after the probe, want 0 kept", d, err)
+	}
+}
+
+// TestAsNobodyAvoidsMainThread runs asNobody as if its goroutine had landed
+// on the main thread: the work must move to another thread, and the thread
+// the goroutine held must keep its credentials.
+func TestAsNobodyAvoidsMainThread(t *testing.T) {
+	needProbeRoot(t)
+	first := true
+	var heldTid int
+	onMainThread = func() bool {
+		if first {
+			first, heldTid = false, unix.Gettid()
+			return true
+		}
+		return false
+	}
+	t.Cleanup(func() { onMainThread = func() bool { return unix.Gettid() == unix.Getpid() } })
+	var ranTid int
+	var uid string
+	err := asNobody(func() error {
+		ranTid = unix.Gettid()
+		uid = parseStatus([]byte(readString("/proc/thread-self/status")))["Uid"]
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ranTid == heldTid || heldTid == 0 {
+		t.Errorf("fn ran on thread %d, the held thread is %d", ranTid, heldTid)
+	}
+	if uid != "65534\t65534\t65534\t65534" {
+		t.Errorf("fn ran with Uid %q", uid)
+	}
+	if st, err := os.ReadFile(filepath.Join("/proc/self/task", strconv.Itoa(heldTid), "status")); err == nil {
+		if u := parseStatus(st)["Uid"]; u != "0\t0\t0\t0" {
+			t.Errorf("held thread %d has Uid %q", heldTid, u)
+		}
 	}
 }
