@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/spec"
+)
+
+func init() {
+	register("detect", "show what this host allows: restriction model, cgroups, seccomp, /dev/shm", detectMain)
+}
+
+// detectMain is "pyisolate detect [--json]". It exits 0 when detection
+// worked, restricted host or not, and 1 when it failed.
+func detectMain(args []string) int {
+	return runDetect(context.Background(), args, os.Stdout, runtime.Detect)
+}
+
+// runDetect is detectMain with its output and detector given.
+func runDetect(ctx context.Context, args []string, w io.Writer, detect func(context.Context) (*runtime.Profile, error)) int {
+	fs := flag.NewFlagSet("detect", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print the host profile as JSON")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		return fail(exitUsage, "detect: unexpected argument %q", fs.Arg(0))
+	}
+	p, err := detect(ctx)
+	if err != nil {
+		return fail(1, "detect: %v", err)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(p)
+	} else {
+		_, err = io.WriteString(w, formatProfile(p))
+	}
+	if err != nil {
+		return fail(1, "detect: %v", err)
+	}
+	return 0
+}
+
+// degradationText explains what each degradation takes away.
+var degradationText = map[spec.Degradation]string{
+	spec.DropUserNamespace: "no user namespace: extensions run as host uid 65534",
+	spec.DropNamespaces:    "no mount, pid, ipc, uts, cgroup or network namespace",
+	spec.DropCgroupLimits:  "no memory, pids or CPU limits",
+	spec.DropSeccomp:       "no seccomp filter",
+}
+
+// formatProfile renders p for people: one line per fact, each problem
+// followed by a "remedy:" line.
+func formatProfile(p *runtime.Profile) string {
+	var b strings.Builder
+	line := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	remedy := func(r string) {
+		if r != "" {
+			line("  remedy: %s", r)
+		}
+	}
+	line("restriction model: %s (%s)", p.Restriction, p.RestrictionReason)
+	remedy(p.Remedy)
+	if p.Unprivileged {
+		line("unprivileged userns: allowed")
+	} else {
+		line("unprivileged userns: blocked (%s)", p.UnprivilegedReason)
+	}
+	if p.Restriction == spec.RestrictionUnsupported {
+		return b.String()
+	}
+	line("cgroups: %s", cgroupText(p))
+	line("seccomp: %s", seccompText(p))
+	line("%s: %s", p.Shm.Path, shmText(p.Shm))
+	if p.Shm.Warning != "" {
+		line("  warning: %s", p.Shm.Warning)
+		remedy(p.Shm.Remedy)
+	}
+	kernel := p.Kernel
+	if p.WSL != 0 {
+		kernel += fmt.Sprintf(" (WSL %d)", p.WSL)
+	}
+	line("kernel: %s", kernel)
+	line("host paths: %s", pathsText(p.Paths))
+	line("degraded: %s", degradedText(p))
+	for _, w := range p.Warnings {
+		text, fix, _ := strings.Cut(w, runtime.WarningRemedySep)
+		line("warning: %s", text)
+		remedy(fix)
+	}
+	return b.String()
+}
+
+// cgroupText describes the cgroup layout.
+func cgroupText(p *runtime.Profile) string {
+	switch p.CgroupVersion {
+	case runtime.CgroupV2:
+		return fmt.Sprintf("v2 (unified at %s)", p.CgroupV2Path)
+	case runtime.CgroupHybrid:
+		return fmt.Sprintf("hybrid (v1 controllers at %s + v2 at %s)", p.CgroupRoot, p.CgroupV2Path)
+	case runtime.CgroupV1:
+		return fmt.Sprintf("v1 (controllers at %s)", p.CgroupRoot)
+	}
+	return "not mounted"
+}
+
+// seccompText describes seccomp support.
+func seccompText(p *runtime.Profile) string {
+	if !p.Seccomp {
+		return "not supported by the kernel"
+	}
+	s := "supported"
+	if !p.SeccompBuiltIn {
+		s = "supported by the kernel, but not built into this binary"
+	}
+	if len(p.SeccompActions) > 0 {
+		s += " (actions: " + strings.Join(p.SeccompActions, " ") + ")"
+	}
+	return s
+}
+
+// shmText describes /dev/shm's size and state.
+func shmText(s runtime.Shm) string {
+	if !s.Exists {
+		return "missing"
+	}
+	state := "writable"
+	if !s.Writable {
+		state = "not writable"
+	}
+	return fmt.Sprintf("%s free of %s, %s", runtime.FormatBytes(s.FreeBytes), runtime.FormatBytes(s.SizeBytes), state)
+}
+
+// pathsText counts the candidate host paths present and names the missing.
+func pathsText(have []string) string {
+	all := append(slices.Clone(runtime.SystemPaths), runtime.EtcAllowList...)
+	var missing []string
+	for _, p := range all {
+		if !slices.Contains(have, p) {
+			missing = append(missing, p)
+		}
+	}
+	s := fmt.Sprintf("%d of %d present", len(all)-len(missing), len(all))
+	if len(missing) > 0 {
+		s += " (missing: " + strings.Join(missing, " ") + ")"
+	}
+	return s
+}
+
+// degradedText lists what the spec builder drops for this host.
+func degradedText(p *runtime.Profile) string {
+	drop := spec.Degradations(p.Restriction)
+	if !p.SpecHost().Seccomp {
+		drop = append(drop, spec.DropSeccomp)
+	}
+	if len(drop) == 0 {
+		return "nothing (full sandbox)"
+	}
+	parts := make([]string, len(drop))
+	for i, d := range drop {
+		parts[i] = string(d)
+		if t, ok := degradationText[d]; ok {
+			parts[i] += " (" + t + ")"
+		}
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/spec"
+)
+
+// detectProfile is a restricted host profile for output tests.
+func detectProfile() *runtime.Profile {
+	return &runtime.Profile{
+		Restriction:        spec.RestrictionAppArmor,
+		RestrictionReason:  "clone(CLONE_NEWUSER) failed: EACCES with kernel.apparmor_restrict_unprivileged_userns=1",
+		Remedy:             runtime.RemedyFor(spec.RestrictionAppArmor),
+		UnprivilegedReason: "user namespaces fail for the runtime too",
+		CgroupVersion:      runtime.CgroupHybrid,
+		CgroupRoot:         "/sys/fs/cgroup",
+		CgroupV2Path:       "/sys/fs/cgroup/unified",
+		Seccomp:            true,
+		SeccompActions:     []string{"kill_process", "errno", "allow"},
+		SeccompBuiltIn:     true,
+		Shm:                runtime.Shm{Path: "/dev/shm", Exists: true, Writable: true, SizeBytes: 64 << 20, FreeBytes: 50 << 20, Warning: "/dev/shm has 50.0 MiB free", Remedy: "docker run --shm-size=2g"},
+		Paths:              append([]string{}, runtime.SystemPaths[:2]...),
+		Kernel:             "6.8.0-31-generic",
+		Warnings:           []string{"running rootless" + runtime.WarningRemedySep + "use Delegate=yes", "no remedy here"},
+	}
+}
+
+func TestDetectHuman(t *testing.T) {
+	var out bytes.Buffer
+	fake := func(context.Context) (*runtime.Profile, error) { return detectProfile(), nil }
+	if code := runDetect(context.Background(), nil, &out, fake); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	got := out.String()
+	t.Log("\n" + got)
+	for _, want := range []string{
+		"restriction model: apparmor (clone(CLONE_NEWUSER) failed: EACCES with kernel.apparmor_restrict_unprivileged_userns=1)\n  remedy: run 'sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0'",
+		"unprivileged userns: blocked (user namespaces fail for the runtime too)\n",
+		"cgroups: hybrid (v1 controllers at /sys/fs/cgroup + v2 at /sys/fs/cgroup/unified)\n",
+		"seccomp: supported (actions: kill_process errno allow)\n",
+		"/dev/shm: 50.0 MiB free of 64.0 MiB, writable\n  warning: /dev/shm has 50.0 MiB free\n  remedy: docker run --shm-size=2g\n",
+		"kernel: 6.8.0-31-generic\n",
+		"host paths: 2 of 19 present (missing: /lib64 ",
+		"degraded: user-namespace (no user namespace: extensions run as host uid 65534)\n",
+		"warning: running rootless\n  remedy: use Delegate=yes\nwarning: no remedy here\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}
+
+func TestDetectHumanUnrestricted(t *testing.T) {
+	p := detectProfile()
+	p.Restriction, p.Remedy, p.Unprivileged = spec.RestrictionNone, "", true
+	p.RestrictionReason = "user namespaces work for the runtime"
+	p.SeccompBuiltIn = false
+	got := formatProfile(p)
+	for _, want := range []string{
+		"restriction model: none (user namespaces work for the runtime)\nunprivileged userns: allowed\n",
+		"seccomp: supported by the kernel, but not built into this binary",
+		"degraded: seccomp (no seccomp filter)\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Count(got, "remedy:") != 2 { // shm and the first warning
+		t.Errorf("unexpected remedies:\n%s", got)
+	}
+}
+
+func TestDetectExitCodes(t *testing.T) {
+	ok := func(context.Context) (*runtime.Profile, error) { return detectProfile(), nil }
+	broken := func(context.Context) (*runtime.Profile, error) {
+		return nil, errors.New("read /proc/self/status: no such file")
+	}
+	tests := []struct {
+		name   string
+		args   []string
+		detect func(context.Context) (*runtime.Profile, error)
+		want   int
+	}{
+		{"restricted host", nil, ok, 0},
+		{"json", []string{"--json"}, ok, 0},
+		{"detection fails", nil, broken, 1},
+		{"bad flag", []string{"--yaml"}, ok, exitUsage},
+		{"argument", []string{"extra"}, ok, exitUsage},
+		{"help", []string{"-h"}, ok, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if got := runDetect(context.Background(), tc.args, &out, tc.detect); got != tc.want {
+				t.Errorf("exit %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestDetectJSONReal runs the real detection through the command and decodes
+// its --json output.
+func TestDetectJSONReal(t *testing.T) {
+	var out bytes.Buffer
+	if code := runDetect(context.Background(), []string{"--json"}, &out, runtime.Detect); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	var p runtime.Profile
+	dec := json.NewDecoder(&out)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		t.Fatalf("decode --json: %v\n%s", err, out.String())
+	}
+	if p.Restriction == "" || p.RestrictionReason == "" || p.Shm.Path != "/dev/shm" {
+		t.Errorf("profile %+v", p)
+	}
+	if !strings.Contains(formatProfile(&p), "restriction model: "+string(p.Restriction)) {
+		t.Errorf("human output of the real profile:\n%s", formatProfile(&p))
+	}
+}
