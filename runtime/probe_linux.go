@@ -74,15 +74,21 @@ func runProbe(ctx context.Context, target string, flags uintptr, uid, gid int) e
 	return fmt.Errorf("start %s in new namespaces: %w", target, err)
 }
 
-// runChild runs path with no arguments, no environment and no open files
-// besides /dev/null, in /.
+// runChild starts path with no arguments, no environment and no open files
+// besides /dev/null, in /, and reaps it. Only starting counts: once Start
+// returns, clone, the id mappings and execve have all worked. The exit status
+// is ignored, since a containerd shim's reaper may collect it first.
 func runChild(ctx context.Context, path string, attr *syscall.SysProcAttr) error {
 	cmd := exec.CommandContext(ctx, path)
 	cmd.Args = []string{"true"}
 	cmd.Env = []string{}
 	cmd.Dir = "/"
 	cmd.SysProcAttr = attr
-	return cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	_ = cmd.Wait()
+	return nil
 }
 
 // probeTarget returns the absolute path of an executable true(1), or

@@ -249,7 +249,7 @@ func nobodyThreads(t *testing.T) []string {
 // Environment of TestDetectHelper, the test binary re-run in a prepared
 // process to detect from there.
 const (
-	helperEnv  = "PYISOLATE_DETECT_HELPER" // "sysctl" or "plain"
+	helperEnv  = "PYISOLATE_DETECT_HELPER" // "sysctl", "plain" or "reaper"
 	helperNext = "PYISOLATE_DETECT_NEXT"   // "nocaps": after sysctl, detect as uid 65534
 	helperOut  = "PYISOLATE_DETECT_OUT"    // file to write the profile to
 )
@@ -257,12 +257,24 @@ const (
 // TestDetectHelper is not a test: TestDetectRealModels runs the test binary
 // with it. "sysctl" sets user.max_user_namespaces=0 in its own user namespace
 // (only that namespace and its children see it), then detects or, with
-// PYISOLATE_DETECT_NEXT=nocaps, runs "plain" as uid 65534 there; "plain"
-// detects and writes the profile as JSON.
+// PYISOLATE_DETECT_NEXT=nocaps, runs "plain" as uid 65534 there; "reaper"
+// reaps every child with wait4(-1) meanwhile, as a containerd shim does;
+// then each detects and writes the profile as JSON.
 func TestDetectHelper(t *testing.T) {
 	mode := os.Getenv(helperEnv)
 	if mode == "" {
 		t.Skip("helper process of TestDetectRealModels")
+	}
+	if mode == "reaper" {
+		// Like a containerd shim: reap every child as soon as it exits.
+		go func() {
+			for {
+				var ws unix.WaitStatus
+				if _, err := unix.Wait4(-1, &ws, 0, nil); err == unix.ECHILD {
+					time.Sleep(time.Millisecond)
+				}
+			}
+		}()
 	}
 	if mode == "sysctl" {
 		if err := os.WriteFile("/proc/sys/user/max_user_namespaces", []byte("0\n"), 0); err != nil {
@@ -369,6 +381,7 @@ func TestDetectRealModels(t *testing.T) {
 		{"sysctl", userns(), []string{helperEnv + "=sysctl"}, spec.RestrictionSysctl, "ENOSPC with user.max_user_namespaces=0", ""},
 		{"no-caps", userns(), []string{helperEnv + "=sysctl", helperNext + "=nocaps"}, spec.RestrictionNoCaps, "lacks CAP_SYS_ADMIN", "user.max_user_namespaces=0"},
 		{"rootless", &syscall.SysProcAttr{Credential: nobody}, []string{helperEnv + "=plain"}, spec.RestrictionNone, "rootless", "delegat"},
+		{"none beside a reaper", nil, []string{helperEnv + "=reaper"}, spec.RestrictionNone, "work for the runtime", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
