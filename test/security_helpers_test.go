@@ -103,14 +103,25 @@ func secBuild() (*secTools, error) {
 	if _, err := os.Stat(filepath.Join(repo, "go.mod")); err != nil {
 		return nil, fmt.Errorf("repository root not found from %s", wd)
 	}
-	dir, err := os.MkdirTemp("", "pyisolate-testbin-")
-	if err != nil {
+	// One shared directory; each test process builds its own
+	// probe.PID and pyisolate.PID and removes those of dead processes.
+	dir := filepath.Join(os.TempDir(), "pyisolate-testbin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	tools := &secTools{repo: repo, dir: dir, probe: filepath.Join(dir, "probe")}
+	if ents, err := os.ReadDir(dir); err == nil {
+		for _, e := range ents {
+			_, pid, _ := strings.Cut(e.Name(), ".")
+			if _, err := os.Stat("/proc/" + pid); pid != "" && err != nil {
+				os.Remove(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	suffix := "." + strconv.Itoa(os.Getpid())
+	tools := &secTools{repo: repo, dir: dir, probe: filepath.Join(dir, "probe"+suffix)}
 	build := exec.Command("go", "build", "-o", tools.probe, "./test/probe")
 	build.Dir = repo
 	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
@@ -122,7 +133,7 @@ func secBuild() (*secTools, error) {
 		tools.note = "pyisolate binary from PYISOLATE_BIN: " + p
 		return tools, nil
 	}
-	bin := filepath.Join(dir, "pyisolate")
+	bin := filepath.Join(dir, "pyisolate"+suffix)
 	build = exec.Command("go", "build", "-tags", "seccomp", "-trimpath", "-o", bin, "./cmd/pyisolate-shim")
 	build.Dir = repo
 	build.Env = append(os.Environ(), "CGO_ENABLED=1", "GOFLAGS=")
