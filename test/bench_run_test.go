@@ -69,7 +69,7 @@ func benchArgv(w string) []string {
 func benchRun(cred *syscall.Credential, argv ...string) error {
 	r := secExec(60*time.Second, cred, nil, argv...)
 	if r.code != 0 {
-		return fmt.Errorf("%s: exit %d: %v: %s", argv[0], r.code, r.err, firstLine(string(r.stderr)+string(r.stdout)))
+		return fmt.Errorf("%s: exit %d: %v: %s", argv[0], r.code, r.err, secFirstLine(string(r.stderr)+string(r.stdout)))
 	}
 	return nil
 }
@@ -225,7 +225,7 @@ func BenchmarkStart(b *testing.B) {
 		add("bwrap", "bwrap not installed", nil)
 	} else {
 		add("bwrap", "", func(w string) error {
-			return benchRun(bwrapCred, pyisolateBwrapArgs(fx.module, fx.venv, []string{fx.work}, benchArgv(w))...)
+			return benchRun(secBwrapCred, secBwrapArgs(fx.module, fx.venv, []string{fx.work}, benchArgv(w))...)
 		})
 	}
 

@@ -147,16 +147,16 @@ func secBuild() (*secTools, error) {
 		if _, serr := os.Stat(made); serr == nil {
 			tools.pyisolate = made
 			tools.note = fmt.Sprintf("go build ./cmd/pyisolate-shim failed (%s); using %s, which may be stale",
-				firstLine(string(out)), made)
+				secFirstLine(string(out)), made)
 			fmt.Fprintf(os.Stderr, "test: %s\n", tools.note)
 		} else {
-			tools.whyNoPyisolate = fmt.Sprintf("go build: %v: %s", err, firstLine(string(out)))
+			tools.whyNoPyisolate = fmt.Sprintf("go build: %v: %s", err, secFirstLine(string(out)))
 		}
 	}
 	return tools, nil
 }
 
-func firstLine(s string) string {
+func secFirstLine(s string) string {
 	s = strings.TrimSpace(s)
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		return s[:i]
@@ -164,8 +164,8 @@ func firstLine(s string) string {
 	return s
 }
 
-// probeResult is one line of the probe's output.
-type probeResult struct {
+// secProbeResult is one line of the probe's output.
+type secProbeResult struct {
 	Check   string `json:"check"`
 	Blocked bool   `json:"blocked"`
 	Detail  string `json:"detail"`
@@ -183,9 +183,9 @@ var secRequiredChecks = []string{
 	"host-processes", "cap-eff-zero", "no-new-privs", "seccomp-filter",
 }
 
-// parseProbe reads the probe's JSON lines; other lines are an error.
-func parseProbe(out []byte) ([]probeResult, error) {
-	var rs []probeResult
+// secParseProbe reads the probe's JSON lines; other lines are an error.
+func secParseProbe(out []byte) ([]secProbeResult, error) {
+	var rs []secProbeResult
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -193,7 +193,7 @@ func parseProbe(out []byte) ([]probeResult, error) {
 		if line == "" {
 			continue
 		}
-		var r probeResult
+		var r secProbeResult
 		if err := json.Unmarshal([]byte(line), &r); err != nil || r.Check == "" {
 			return rs, fmt.Errorf("not a probe line: %q", line)
 		}
@@ -257,7 +257,7 @@ func newSecFixture(t testing.TB, tools *secTools) *secFixture {
 		must(os.Chmod(d, 0o777))
 	}
 	fx.probe = filepath.Join(fx.module, "probe")
-	must(copyFile(tools.probe, fx.probe, 0o755))
+	must(secCopyFile(tools.probe, fx.probe, 0o755))
 	must(os.WriteFile(filepath.Join(fx.module, "__init__.py"), []byte("print('secprobe')\n"), 0o644))
 
 	suffix := filepath.Base(base)
@@ -298,7 +298,7 @@ func newSecFixture(t testing.TB, tools *secTools) *secFixture {
 	return fx
 }
 
-func copyFile(src, dst string, mode os.FileMode) error {
+func secCopyFile(src, dst string, mode os.FileMode) error {
 	b, err := os.ReadFile(src)
 	if err != nil {
 		return err
@@ -346,15 +346,15 @@ func writeManifest(t testing.TB, bundle string, m map[string]any) {
 	}
 }
 
-// runResult is a finished command.
-type runResult struct {
+// secRunResult is a finished command.
+type secRunResult struct {
 	stdout, stderr []byte
 	code           int // exit status; -1 when it did not start or timed out
 	err            error
 	elapsed        time.Duration
 }
 
-func (r runResult) String() string {
+func (r secRunResult) String() string {
 	return fmt.Sprintf("exit %d (err %v)\nstdout:\n%s\nstderr:\n%s", r.code, r.err, r.stdout, r.stderr)
 }
 
@@ -362,7 +362,7 @@ func (r runResult) String() string {
 // The child gets only stdio and extra: secSetup marks every other
 // descriptor of the test process close-on-exec.
 // extra are passed as descriptors 3, 4, ... (see secStrayFiles).
-func secExec(timeout time.Duration, cred *syscall.Credential, extra []*os.File, argv ...string) runResult {
+func secExec(timeout time.Duration, cred *syscall.Credential, extra []*os.File, argv ...string) secRunResult {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -375,7 +375,7 @@ func secExec(timeout time.Duration, cred *syscall.Credential, extra []*os.File, 
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
 	err := cmd.Run()
-	res := runResult{stdout: stdout.Bytes(), stderr: stderr.Bytes(), err: err, elapsed: time.Since(start), code: -1}
+	res := secRunResult{stdout: stdout.Bytes(), stderr: stderr.Bytes(), err: err, elapsed: time.Since(start), code: -1}
 	if cmd.ProcessState != nil {
 		res.code = cmd.ProcessState.ExitCode()
 	}
@@ -386,8 +386,8 @@ func secExec(timeout time.Duration, cred *syscall.Credential, extra []*os.File, 
 	return res
 }
 
-// runPyisolate runs `pyisolate run --root fx.root --id id fx.bundle [-- cmd]`.
-func runPyisolate(tools *secTools, fx *secFixture, id string, timeout time.Duration, cmd ...string) runResult {
+// secRunPyisolate runs `pyisolate run --root fx.root --id id fx.bundle [-- cmd]`.
+func secRunPyisolate(tools *secTools, fx *secFixture, id string, timeout time.Duration, cmd ...string) secRunResult {
 	argv := []string{tools.pyisolate, "run", "--root", fx.root, "--id", id, fx.bundle}
 	if len(cmd) > 0 {
 		argv = append(append(argv, "--"), cmd...)
@@ -402,16 +402,16 @@ func secID(name string) string {
 
 // ---- runc with its default spec ----
 
-// runcDefaultBundle writes a bundle with `runc spec`'s default config.json
+// secRuncDefaultBundle writes a bundle with `runc spec`'s default config.json
 // (only terminal=false and args changed) and a rootfs holding the static
 // probe at /probe.
-func runcDefaultBundle(t testing.TB, tools *secTools, dir string, args []string) {
+func secRuncDefaultBundle(t testing.TB, tools *secTools, dir string, args []string) {
 	t.Helper()
 	rootfs := filepath.Join(dir, "rootfs")
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := copyFile(tools.probe, filepath.Join(rootfs, "probe"), 0o755); err != nil {
+	if err := secCopyFile(tools.probe, filepath.Join(rootfs, "probe"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if r := secExec(30*time.Second, nil, nil, "runc", "spec", "--bundle", dir); r.code != 0 {
@@ -437,9 +437,9 @@ func runcDefaultBundle(t testing.TB, tools *secTools, dir string, args []string)
 	}
 }
 
-// runOCI runs `RUNTIME --root state run --bundle dir id` and deletes the
+// secRunOCI runs `RUNTIME --root state run --bundle dir id` and deletes the
 // container afterwards whatever happened.
-func runOCI(runtimeArgv []string, state, dir, id string, timeout time.Duration, extra []*os.File) runResult {
+func secRunOCI(runtimeArgv []string, state, dir, id string, timeout time.Duration, extra []*os.File) secRunResult {
 	argv := append(append([]string{}, runtimeArgv...), "--root", state, "run", "--bundle", dir, id)
 	r := secExec(timeout, nil, extra, argv...)
 	del := append(append([]string{}, runtimeArgv...), "--root", state, "delete", "-f", id)
@@ -449,16 +449,16 @@ func runOCI(runtimeArgv []string, state, dir, id string, timeout time.Duration, 
 
 // ---- bwrap with pyisolate's arguments ----
 
-// pyisolateBwrapSystemPaths is SANDBOX_SYSTEM_PATHS of pyisolate
+// secBwrapSystemPaths is SANDBOX_SYSTEM_PATHS of pyisolate
 // (Comfy-Org/pyisolate, pyisolate/_internal/sandbox.py).
-var pyisolateBwrapSystemPaths = []string{
+var secBwrapSystemPaths = []string{
 	"/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt",
 	"/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
 	"/etc/ssl", "/etc/ca-certificates", "/etc/pki", "/etc/resolv.conf", "/etc/hosts",
 	"/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/localtime", "/etc/timezone",
 }
 
-// pyisolateBwrapArgs is the bwrap command line pyisolate builds
+// secBwrapArgs is the bwrap command line pyisolate builds
 // (build_bwrap_command in Comfy-Org/pyisolate pyisolate/_internal/sandbox.py)
 // for restriction model "none", no GPU, network off: --unshare-user
 // --unshare-pid --new-session --die-with-parent --proc /proc --dev /dev
@@ -468,10 +468,10 @@ var pyisolateBwrapSystemPaths = []string{
 // and ComfyUI package directories and the UDS directory (there is no
 // pyisolate installation here; they only add read-only or socket binds) and
 // the --setenv list.
-func pyisolateBwrapArgs(module, venv string, writable []string, cmd []string) []string {
+func secBwrapArgs(module, venv string, writable []string, cmd []string) []string {
 	a := []string{"bwrap", "--unshare-user", "--unshare-pid", "--new-session", "--die-with-parent",
 		"--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"}
-	for _, p := range pyisolateBwrapSystemPaths {
+	for _, p := range secBwrapSystemPaths {
 		if _, err := os.Stat(p); err == nil {
 			a = append(a, "--ro-bind", p, p)
 		}
@@ -486,10 +486,10 @@ func pyisolateBwrapArgs(module, venv string, writable []string, cmd []string) []
 	return append(a, cmd...)
 }
 
-// bwrapCred runs bwrap as nobody: pyisolate runs bwrap as the (unprivileged)
+// secBwrapCred runs bwrap as nobody: pyisolate runs bwrap as the (unprivileged)
 // user running ComfyUI. Run as root, bwrap would keep every capability in
 // its user namespace.
-var bwrapCred = &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}
+var secBwrapCred = &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}
 
 // ---- leak checks ----
 

@@ -26,16 +26,16 @@ import (
 const secRunTimeout = 90 * time.Second
 
 // secRunProbe runs the probe under pyisolate and returns its results.
-func secRunProbe(t *testing.T, tools *secTools, fx *secFixture) ([]probeResult, runResult) {
+func secRunProbe(t *testing.T, tools *secTools, fx *secFixture) ([]secProbeResult, secRunResult) {
 	t.Helper()
 	id := secID("secprobe")
 	writeManifest(t, fx.bundle, fx.secManifest(fx.probeArgs(fx.probe)))
-	r := runPyisolate(tools, fx, id, secRunTimeout)
+	r := secRunPyisolate(tools, fx, id, secRunTimeout)
 	t.Cleanup(func() { secCheckNoLeaks(t, fx.root, fx.base, id) })
 	if r.code != 0 {
 		return nil, r
 	}
-	rs, err := parseProbe(r.stdout)
+	rs, err := secParseProbe(r.stdout)
 	if err != nil {
 		r.err = err
 		r.code = -1
@@ -91,7 +91,7 @@ func TestSecurityMemoryLimit(t *testing.T) {
 	m["limits"] = map[string]any{"memory": "64Mi", "pids": 64}
 	writeManifest(t, fx.bundle, m)
 	id := secID("secoom")
-	r := runPyisolate(tools, fx, id, secRunTimeout)
+	r := secRunPyisolate(tools, fx, id, secRunTimeout)
 	secCheckNoLeaks(t, fx.root, fx.base, id)
 	if r.code != 137 {
 		t.Errorf("want exit 137 for a process over its 64Mi memory limit, got %s", r)
@@ -135,7 +135,7 @@ for k in kids:
 	m["limits"] = map[string]any{"memory": "256Mi", "pids": 16}
 	writeManifest(t, fx.bundle, m)
 	id := secID("secpids")
-	r := runPyisolate(tools, fx, id, secRunTimeout)
+	r := secRunPyisolate(tools, fx, id, secRunTimeout)
 	secCheckNoLeaks(t, fx.root, fx.base, id)
 	if r.code != 0 {
 		t.Fatalf("fork bomb run: %s", r)
@@ -211,7 +211,7 @@ func TestSecurityRefusesPaths(t *testing.T) {
 			}
 			writeManifest(t, fx.bundle, m)
 			id := secID("secbad")
-			r := runPyisolate(tools, fx, id, secRunTimeout)
+			r := secRunPyisolate(tools, fx, id, secRunTimeout)
 			secCheckNoLeaks(t, fx.root, fx.base, id)
 			if r.code != 2 {
 				t.Errorf("want exit 2 for %s %q, got %s", c.field, bad, r)
@@ -238,7 +238,7 @@ func TestSecurityRefusesPaths(t *testing.T) {
 // secTmpHint explains the failure where the module, kept under the host's
 // /tmp, is missing in the sandbox: the private /tmp tmpfs was mounted over
 // its bind.
-func secTmpHint(fx *secFixture, r runResult) string {
+func secTmpHint(fx *secFixture, r secRunResult) string {
 	if strings.HasPrefix(fx.module, "/tmp/") && strings.Contains(string(r.stderr), "no such file or directory") &&
 		strings.Contains(string(r.stderr), fx.module) {
 		return "\nhint: the module lives under the host's /tmp and is missing in the sandbox: the sandbox's " +
@@ -250,7 +250,7 @@ func secTmpHint(fx *secFixture, r runResult) string {
 // secColumn is one runtime's results in the report.
 type secColumn struct {
 	name    string
-	results map[string]probeResult
+	results map[string]secProbeResult
 	err     string // why the column is empty
 }
 
@@ -261,7 +261,7 @@ func TestSecurityReport(t *testing.T) {
 	tools := secSetup(t)
 	fx := newSecFixture(t, tools)
 	var order []string
-	addOrder := func(rs []probeResult) {
+	addOrder := func(rs []secProbeResult) {
 		for _, r := range rs {
 			found := false
 			for _, o := range order {
@@ -275,13 +275,13 @@ func TestSecurityReport(t *testing.T) {
 			}
 		}
 	}
-	column := func(name string, rs []probeResult, r runResult, why string) secColumn {
-		c := secColumn{name: name, results: map[string]probeResult{}}
+	column := func(name string, rs []secProbeResult, r secRunResult, why string) secColumn {
+		c := secColumn{name: name, results: map[string]secProbeResult{}}
 		switch {
 		case why != "":
 			c.err = why
 		case rs == nil:
-			c.err = fmt.Sprintf("run failed: exit %d: %v: %s", r.code, r.err, firstLine(string(r.stderr)))
+			c.err = fmt.Sprintf("run failed: exit %d: %v: %s", r.code, r.err, secFirstLine(string(r.stderr)))
 		}
 		for _, p := range rs {
 			c.results[p.Check] = p
@@ -293,7 +293,7 @@ func TestSecurityReport(t *testing.T) {
 	// (a) pyisolate run.
 	var cols []secColumn
 	if tools.pyisolate == "" {
-		cols = append(cols, column("pyisolate", nil, runResult{}, "bin/pyisolate unavailable: "+tools.whyNoPyisolate))
+		cols = append(cols, column("pyisolate", nil, secRunResult{}, "bin/pyisolate unavailable: "+tools.whyNoPyisolate))
 	} else {
 		rs, r := secRunProbe(t, tools, fx)
 		c := column("pyisolate", rs, r, "")
@@ -305,30 +305,30 @@ func TestSecurityReport(t *testing.T) {
 
 	// (b) runc run with `runc spec`'s default config.
 	if _, ok := secLookPath("runc"); !ok {
-		cols = append(cols, column("runc default", nil, runResult{}, "runc not installed"))
+		cols = append(cols, column("runc default", nil, secRunResult{}, "runc not installed"))
 	} else {
 		dir := filepath.Join(fx.base, "runc-bundle")
-		runcDefaultBundle(t, tools, dir, fx.probeArgs("/probe"))
+		secRuncDefaultBundle(t, tools, dir, fx.probeArgs("/probe"))
 		id := secID("secrunc")
-		r := runOCI([]string{"runc"}, filepath.Join(fx.base, "runc-state"), dir, id, secRunTimeout, fx.strayFiles())
-		var rs []probeResult
+		r := secRunOCI([]string{"runc"}, filepath.Join(fx.base, "runc-state"), dir, id, secRunTimeout, fx.strayFiles())
+		var rs []secProbeResult
 		if r.code == 0 {
-			rs, r.err = parseProbe(r.stdout)
+			rs, r.err = secParseProbe(r.stdout)
 		}
 		cols = append(cols, column("runc default", rs, r, ""))
 	}
 
 	// (c) bwrap with pyisolate's arguments, as nobody.
 	if _, ok := secLookPath("bwrap"); !ok {
-		cols = append(cols, column("bwrap (pyisolate args)", nil, runResult{}, "bwrap not installed"))
+		cols = append(cols, column("bwrap (pyisolate args)", nil, secRunResult{}, "bwrap not installed"))
 	} else {
-		argv := pyisolateBwrapArgs(fx.module, fx.venv, []string{fx.work}, fx.probeArgs(fx.probe))
+		argv := secBwrapArgs(fx.module, fx.venv, []string{fx.work}, fx.probeArgs(fx.probe))
 		// No stray descriptors: pyisolate starts bwrap with Python's
 		// subprocess, which closes them.
-		r := secExec(secRunTimeout, bwrapCred, nil, argv...)
-		var rs []probeResult
+		r := secExec(secRunTimeout, secBwrapCred, nil, argv...)
+		var rs []secProbeResult
 		if r.code == 0 {
-			rs, r.err = parseProbe(r.stdout)
+			rs, r.err = secParseProbe(r.stdout)
 		}
 		cols = append(cols, column("bwrap (pyisolate args)", rs, r, ""))
 	}
