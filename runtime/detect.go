@@ -286,16 +286,16 @@ func readFacts(env detectEnv) (hostFacts, error) {
 	status := env.path("/proc/self/status")
 	b, err := os.ReadFile(status)
 	if err != nil {
-		return f, fmt.Errorf("detect: read process status: %w", err)
+		return f, fmt.Errorf("read process status: %w", err)
 	}
 	st := parseStatus(b)
 	capEff, ok := st["CapEff"]
 	if !ok {
-		return f, fmt.Errorf("detect: %s has no CapEff line", status)
+		return f, fmt.Errorf("%s has no CapEff line", status)
 	}
 	caps, err := strconv.ParseUint(capEff, 16, 64)
 	if err != nil {
-		return f, fmt.Errorf("detect: %s: CapEff %q: %w", status, capEff, err)
+		return f, fmt.Errorf("%s: CapEff %q: %w", status, capEff, err)
 	}
 	f.sysAdmin = caps&(1<<capSysAdmin) != 0
 	f.euid = -1
@@ -373,7 +373,7 @@ func classify(ctx context.Context, env detectEnv, f hostFacts, p *Profile) error
 	kind, perr := runtimeProbe(ctx, env)
 	var inc *inconclusiveError
 	if errors.As(perr, &inc) {
-		return fmt.Errorf("detect: %s: %w", kind, perr)
+		return fmt.Errorf("%s: %w", kind, perr)
 	}
 	if perr == nil {
 		classifyWorking(ctx, env, f, p)
