@@ -84,6 +84,10 @@ type CreateOptions struct {
 	// NoPivot uses MS_MOVE and chroot instead of pivot_root, for root
 	// filesystems on a ramdisk.
 	NoPivot bool
+	// Started, when set, is called by Run with the host pid of the
+	// container's init once the user process runs (to register it with its
+	// isolation group).
+	Started func(initPID int)
 }
 
 // Stdio are the standard streams of a process run by Exec. *os.File values
@@ -647,6 +651,11 @@ func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts Create
 
 	if err := c.Start(ctx); err != nil {
 		return ExitStatus{}, err
+	}
+	if opts.Started != nil {
+		if st, err := c.State(); err == nil && st.InitPID > 0 {
+			opts.Started(st.InitPID)
+		}
 	}
 	return c.init.Wait(context.WithoutCancel(ctx))
 }

@@ -127,10 +127,19 @@ func (g *Group) Join(ctx context.Context, id string, pid int) error {
 // reports whether the group ended.
 func (g *Group) Leave(ctx context.Context, id string) (ended bool, err error) {
 	unlock, err := lockFile(ctx, filepath.Join(g.Dir, groupLockFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return true, nil // another member ended the group already
+	}
 	if err != nil {
 		return false, fmt.Errorf("group %s: leave %s: %w", g.Name, id, err)
 	}
 	defer unlock()
+	if !g.exists() {
+		// Ended by another member after its own last container exited
+		// (this member's container had exited too).
+		g.removeDirIfEmpty()
+		return true, nil
+	}
 	if err := g.Domain.MemberExited(ctx, id, time.Now()); err != nil {
 		return false, fmt.Errorf("group %s: leave %s: %w", g.Name, id, err)
 	}
@@ -180,10 +189,30 @@ func (g *Group) destroyLocked(ctx context.Context) error {
 	if err := os.RemoveAll(g.SocketDir()); err != nil {
 		return fmt.Errorf("group %s: remove sockets: %w", g.Name, err)
 	}
-	// The lock file goes last; a racing OpenGroup recreates the directory.
+	g.removeDirIfEmpty()
+	return nil
+}
+
+// exists reports whether the group's shared-memory domain is still recorded.
+func (g *Group) exists() bool {
+	_, err := os.Stat(g.Domain.StateDir())
+	return err == nil
+}
+
+// removeDirIfEmpty removes the group directory when only its lock file is
+// left. A racing OpenGroup recreates what it needs.
+func (g *Group) removeDirIfEmpty() {
+	ents, err := os.ReadDir(g.Dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if e.Name() != groupLockFile {
+			return
+		}
+	}
 	_ = os.Remove(filepath.Join(g.Dir, groupLockFile))
 	_ = os.Remove(g.Dir)
-	return nil
 }
 
 // LoadGroup opens an existing group without creating anything.

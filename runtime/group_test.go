@@ -130,3 +130,32 @@ func TestGroupBadName(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupLeaveAfterEnded: a member whose container exited can find the
+// group already ended by another member; leaving is then no error.
+func TestGroupLeaveAfterEnded(t *testing.T) {
+	needRootForGroup(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	a, b := sleeper(t), sleeper(t)
+	g1, err := OpenGroup(ctx, root, "g3", "host", a.Process.Pid, GroupOptions{ShmSize: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2, err := OpenGroup(ctx, root, "g3", "ext", b.Process.Pid, GroupOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Process.Kill() // the extension's container exits first...
+	_, _ = b.Process.Wait()
+	if ended, err := g1.Leave(ctx, "host"); err != nil || !ended {
+		t.Fatalf("Leave(host) = %v, %v; want the group ended (no member alive)", ended, err)
+	}
+	// ...and its runtime leaves after the host's ended the group.
+	if ended, err := g2.Leave(ctx, "ext"); err != nil || !ended {
+		t.Fatalf("Leave(ext) after the end = %v, %v; want ended, no error", ended, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "groups", "g3")); !os.IsNotExist(err) {
+		t.Fatalf("group dir left: %v", err)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
@@ -70,13 +71,15 @@ func usageError(fs *flag.FlagSet, format string, a ...any) int {
 }
 
 func runMain(args []string) int {
-	fs := newFlagSet("run", "[--group G] [--root DIR] [--id ID] BUNDLE [-- CMD...]\n\n"+
+	fs := newFlagSet("run", "[--group G] [--root DIR] [--id ID] [--shm-retention D] BUNDLE [-- CMD...]\n\n"+
 		"Runs the bundle's extension in the foreground with stdio attached and exits with\n"+
 		"its status (128+N when killed by signal N, 137 when out of memory); 2 means bad\n"+
-		"input, 125 a runtime failure. The container is deleted afterwards.")
+		"input, 125 a runtime failure. The container is deleted afterwards. Members of one\n"+
+		"group share a /dev/shm tmpfs and a socket directory (/run/pyisolate).")
 	group := fs.String("group", "", "isolation group (overrides the manifest's)")
 	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
 	id := fs.String("id", "", "container id (default: the extension name and a random suffix)")
+	retention := fs.Duration("shm-retention", 0, "how long an exited member's shared-memory segments are kept (default 30s; set when the group is created)")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -84,12 +87,15 @@ func runMain(args []string) int {
 	if len(rest) == 0 {
 		return usageError(fs, "no bundle given")
 	}
+	if *retention < 0 {
+		return usageError(fs, "--shm-retention must not be negative")
+	}
 	bundle, cmd := rest[0], rest[1:]
 	if len(cmd) > 0 && cmd[0] == "--" {
 		cmd = cmd[1:]
 	}
 	return runBundle(context.Background(), runRequest{
-		Bundle: bundle, Group: *group, Root: *root, ID: *id, Command: cmd,
+		Bundle: bundle, Group: *group, Root: *root, ID: *id, Command: cmd, Retention: *retention,
 	})
 }
 
@@ -98,6 +104,8 @@ type runRequest struct {
 	Bundle, Group, Root, ID string
 	// Command replaces the process args when not empty.
 	Command []string
+	// Retention is the group's segment retention, when this run creates it.
+	Retention time.Duration
 }
 
 // runBundle runs one bundle and returns the exit status for the CLI.
@@ -123,19 +131,41 @@ func runBundle(ctx context.Context, req runRequest) int {
 	}
 	r := &runtime.Runtime{Root: req.Root}
 	var s *specs.Spec
+	var g *runtime.Group
 	if m == nil {
-		// A plain OCI bundle: its config.json as it is.
-		s = plain
+		// A plain OCI bundle: its config.json with our defaults on top.
+		s, err = hardenPlain(ctx, plain)
 	} else {
-		s, err = buildSpec(ctx, r, bundle, id, req.Group)
+		group := req.Group
+		if group == "" {
+			group = m.Group
+		}
+		g, err = runtime.OpenGroup(ctx, req.Root, group, id, os.Getpid(), runtime.GroupOptions{
+			ShmSize: int64(m.Limits.ShmSize), Retention: req.Retention,
+		})
 		if err != nil {
-			_ = r.Delete(ctx, id, true) // the empty rootfs, if made
-			var be *bundleError
-			if errors.As(err, &be) {
-				return fail(exitUsage, "run: %v", err)
-			}
 			return fail(exitRuntime, "run: %v", err)
 		}
+		defer leaveGroup(g, id)
+		for _, w := range g.Domain.Warnings() {
+			fmt.Fprintln(os.Stderr, "pyisolate: warning: "+w)
+		}
+		s, err = buildSpec(ctx, r, bundle, id, req.Group, g)
+	}
+	if err == nil {
+		err = injectDevices(ctx, s, g, id)
+	}
+	if err != nil {
+		_ = r.Delete(ctx, id, true) // the empty rootfs, if made
+		var be *bundleError
+		if errors.As(err, &be) {
+			return fail(exitUsage, "run: %v", err)
+		}
+		return fail(exitRuntime, "run: %v", err)
+	}
+	if d := spec.DegradedList(s); len(d) > 0 {
+		fmt.Fprintf(os.Stderr, "pyisolate: warning: degraded sandbox (restriction model %s): dropped %s\n",
+			s.Annotations[spec.AnnotationRestriction], strings.Join(d, ", "))
 	}
 	if len(req.Command) > 0 {
 		if s.Process == nil {
@@ -143,9 +173,20 @@ func runBundle(ctx context.Context, req runRequest) int {
 		}
 		s.Process.Args = req.Command
 	}
-	st, err := r.Run(ctx, id, s, runtime.CreateOptions{
-		Bundle: bundle, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
-	})
+	opts := runtime.CreateOptions{Bundle: bundle, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	if g != nil {
+		// Attribute segments to the container while it runs, and reclaim
+		// those of exited members once their lease ends.
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() { _ = g.Domain.Watch(wctx) }()
+		opts.Started = func(pid int) {
+			if err := g.Join(ctx, id, pid); err != nil {
+				fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
+			}
+		}
+	}
+	st, err := r.Run(ctx, id, s, opts)
 	if err != nil {
 		return fail(exitRuntime, "run: %v", err)
 	}
@@ -161,10 +202,70 @@ func runBundle(ctx context.Context, req runRequest) int {
 	return st.Code
 }
 
-// buildSpec builds the sandbox spec of an extension bundle, making the empty
-// rootfs when the bundle has no rootfs directory.
-func buildSpec(ctx context.Context, r *runtime.Runtime, bundle, id, group string) (*specs.Spec, error) {
-	req := bundleRequest{Bundle: bundle, ID: id, Group: group}
+// leaveGroup records that member id exited; the last member ends the group.
+func leaveGroup(g *runtime.Group, id string) {
+	if _, err := g.Leave(context.Background(), id); err != nil {
+		fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
+	}
+}
+
+// hardenPlain applies pyisolate's defaults to a plain OCI bundle's spec.
+func hardenPlain(ctx context.Context, plain *specs.Spec) (*specs.Spec, error) {
+	prof, err := runtime.Detect(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("detect host: %w", err)
+	}
+	s, err := spec.Harden(plain, prof.SpecHost())
+	if err != nil {
+		return nil, &bundleError{err}
+	}
+	return s, nil
+}
+
+// injectDevices resolves the spec's CDI devices (the manifest's gpus and
+// cdi.k8s.io annotations) and, for members that asked for CUDA IPC, joins the
+// group's IPC and PID namespaces and pins the GPUs. An unknown device or a
+// broken CDI spec is the user's error.
+func injectDevices(ctx context.Context, s *specs.Spec, g *runtime.Group, id string) error {
+	if _, err := hooks.InjectCDI(ctx, s, hooks.CDIOptions{}); err != nil {
+		var unknown *hooks.UnknownDeviceError
+		var bad *hooks.SpecFileError
+		if errors.As(err, &unknown) || errors.As(err, &bad) {
+			return &bundleError{err}
+		}
+		return err
+	}
+	if s.Annotations[spec.AnnotationShareCUDAIPC] != "true" || g == nil {
+		return nil
+	}
+	return hooks.CUDAIPCSettings(s, groupIPCNamespace(ctx, g, id))
+}
+
+// groupIPCNamespace returns the IPC namespace of a running container of the
+// group other than id (/proc/PID/ns/ipc), or "" when there is none yet: the
+// first member creates the namespace the others join.
+func groupIPCNamespace(ctx context.Context, g *runtime.Group, id string) string {
+	ms, err := g.Domain.Members(ctx)
+	if err != nil {
+		return ""
+	}
+	self, _ := os.Readlink("/proc/self/ns/ipc")
+	for _, m := range ms {
+		if !m.Alive || m.ID == id {
+			continue
+		}
+		p := fmt.Sprintf("/proc/%d/ns/ipc", m.PID)
+		if ns, err := os.Readlink(p); err == nil && ns != self {
+			return p
+		}
+	}
+	return ""
+}
+
+// buildSpec builds the sandbox spec of an extension bundle in group g,
+// making the empty rootfs when the bundle has no rootfs directory.
+func buildSpec(ctx context.Context, r *runtime.Runtime, bundle, id, group string, g *runtime.Group) (*specs.Spec, error) {
+	req := bundleRequest{Bundle: bundle, ID: id, Group: group, ShmDir: g.ShmDir(), SocketDir: g.SocketDir()}
 	if fi, err := os.Stat(filepath.Join(bundle, "rootfs")); err != nil || !fi.IsDir() {
 		rootfs, err := r.EmptyRootfs(id)
 		if err != nil {
