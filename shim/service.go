@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -214,7 +215,13 @@ func invalid(format string, a ...any) error {
 func (s *service) buildSpec(ctx context.Context, id, bundle string) (*specs.Spec, error) {
 	m, plain, err := spec.LoadBundle(bundle)
 	if err != nil {
-		return nil, invalid("pyisolate: %v", err)
+		// A plain container that only names its isolation group (to share
+		// the group's shim) has no manifest to decode.
+		var gerr error
+		if plain, gerr = groupOnlyBundle(bundle); gerr != nil || plain == nil {
+			return nil, invalid("pyisolate: %v", err)
+		}
+		m = nil
 	}
 	if plain == nil {
 		return nil, invalid("pyisolate: bundle %s has no %s", bundle, spec.ConfigFile)
@@ -273,6 +280,32 @@ func (s *service) buildSpec(ctx context.Context, id, bundle string) (*specs.Spec
 		log.G(ctx).WithField("id", id).Warnf("sandbox degraded on this host (%s): %v", host.Restriction, d)
 	}
 	return out, nil
+}
+
+// groupOnlyBundle returns the config of a bundle without pyisolate.json
+// whose only pyisolate annotation is io.pyisolate.group, or nil.
+func groupOnlyBundle(bundle string) (*specs.Spec, error) {
+	if _, err := os.Lstat(filepath.Join(bundle, spec.ManifestFile)); err == nil {
+		return nil, nil
+	}
+	data, err := os.ReadFile(filepath.Join(bundle, spec.ConfigFile))
+	if err != nil {
+		return nil, err
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, err
+	}
+	if s.Annotations[spec.AnnotationFieldGroup] == "" {
+		return nil, nil
+	}
+	for k := range s.Annotations {
+		if strings.HasPrefix(k, spec.AnnotationPrefix) && !strings.HasPrefix(k, spec.AnnotationOutPrefix) &&
+			k != spec.AnnotationFieldGroup && k != spec.AnnotationDegraded {
+			return nil, nil
+		}
+	}
+	return &s, nil
 }
 
 func isEmptyDir(p string) bool {
