@@ -567,7 +567,7 @@ func ctrdAssertClean(t testing.TB, d *ctrdDaemon, id string, pids ...int) {
 	}
 	data, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(data), "\n") {
-		if strings.Contains(line, "/"+id+"/") || strings.HasSuffix(strings.Fields(line+" x x x x x")[4], "/"+id) {
+		if strings.Contains(line, "/"+id+"/") || strings.HasSuffix(strings.Fields(line + " x x x x x")[4], "/"+id) {
 			t.Errorf("mount left behind: %s", line)
 		}
 	}
