@@ -234,7 +234,12 @@ func newSecFixture(t testing.TB, tools *secTools) *secFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(base) })
+	t.Cleanup(func() {
+		// A runtime's leaked mounts (reported by the leak checks) would
+		// keep RemoveAll from removing base and stay on the host.
+		secUnmountUnder(base)
+		os.RemoveAll(base)
+	})
 	fx := &secFixture{
 		base:   base,
 		bundle: filepath.Join(base, "bundle"),
@@ -583,6 +588,24 @@ func secCgroupDirs(id string) []string {
 		})
 	}
 	return found
+}
+
+// secUnmountUnder detaches every mount at or below dir, deepest first.
+func secUnmountUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+			points = append(points, f[4])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		unix.Unmount(points[i], unix.MNT_DETACH)
+	}
 }
 
 // secLookPath reports whether a program is installed.
