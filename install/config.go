@@ -31,6 +31,21 @@ func RuntimesPath(version int) ([]string, error) {
 	return nil, fmt.Errorf("unsupported containerd config version %d (want 1, 2 or 3)", version)
 }
 
+// PodAnnotations are the pod annotation patterns containerd's CRI plugin
+// passes through to the OCI specs of the pod's containers (containerd matches
+// them with filepath.Match, so "*" stops at "/"): pyisolate's manifests
+// (io.pyisolate.*; per container io.pyisolate.manifest.<container-name>) and
+// CDI device requests (cdi.k8s.io/*), which the shim's CDI hook resolves.
+var PodAnnotations = []string{"io.pyisolate.*", "cdi.k8s.io/*"}
+
+func quoteList(l []string) string {
+	q := make([]string, len(l))
+	for i, s := range l {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
 // beginMarker and endMarker delimit the block the installer owns.
 func beginMarker(name string) string {
 	return fmt.Sprintf("# >>> pyisolate runtime %q: added by 'pyisolate install', removed by 'pyisolate uninstall'; edits inside are overwritten", name)
@@ -40,15 +55,35 @@ func endMarker(name string) string {
 	return fmt.Sprintf("# <<< pyisolate runtime %q", name)
 }
 
+// DefaultRuntime is containerd's built-in CRI runtime, which a config that
+// declares any runtimes table must declare too: containerd 1.x decodes the
+// runtimes table over its defaults by replacing the whole map, so a config
+// with only pyisolate's entry loses "runc" and the CRI plugin refuses to load
+// ("no corresponding runtime configured in containerd.runtimes for
+// default_runtime_name runc"). Measured with containerd 1.6.20.
+const DefaultRuntime = "runc"
+
+// DefaultRuntimeType is the runtime type of DefaultRuntime.
+const DefaultRuntimeType = "io.containerd.runc.v2"
+
 // Block returns the managed block (markers included) that declares runtime
-// name with runtimeType for a config version.
-func Block(version int, name, runtimeType string) (string, error) {
+// name with runtimeType for a config version, and, with withDefault,
+// containerd's default runtime (see DefaultRuntime).
+func Block(version int, name, runtimeType string, withDefault bool) (string, error) {
 	path, err := RuntimesPath(version)
 	if err != nil {
 		return "", err
 	}
-	key := formatKey(append(append([]string{}, path...), name))
-	return fmt.Sprintf("%s\n[%s]\n  runtime_type = %q\n%s\n", beginMarker(name), key, runtimeType, endMarker(name)), nil
+	var b strings.Builder
+	b.WriteString(beginMarker(name) + "\n")
+	fmt.Fprintf(&b, "[%s]\n  runtime_type = %q\n  pod_annotations = [%s]\n",
+		formatKey(append(append([]string{}, path...), name)), runtimeType, quoteList(PodAnnotations))
+	if withDefault {
+		fmt.Fprintf(&b, "# containerd's default runtime, declared because a runtimes table replaces containerd's built-in one\n[%s]\n  runtime_type = %q\n",
+			formatKey(append(append([]string{}, path...), DefaultRuntime)), DefaultRuntimeType)
+	}
+	b.WriteString(endMarker(name) + "\n")
+	return b.String(), nil
 }
 
 // ConfigInfo is what the installer reads from a containerd config.
@@ -127,10 +162,6 @@ func AddRuntime(data []byte, name, runtimeType string, defaultVersion int) (Edit
 		return EditResult{}, err
 	}
 	table := append(append([]string{}, path...), name)
-	block, err := Block(version, name, runtimeType)
-	if err != nil {
-		return EditResult{}, err
-	}
 	lines, err := scanTOML(data)
 	if err != nil {
 		return EditResult{}, fmt.Errorf("containerd config: %w", err)
@@ -139,7 +170,49 @@ func AddRuntime(data []byte, name, runtimeType string, defaultVersion int) (Edit
 	if err != nil {
 		return EditResult{}, err
 	}
+	// base is the document without our block: the user's config.
+	base := data
+	if found {
+		base = append(append([]byte{}, data[:bs]...), data[be:]...)
+	}
+	bm, err := decode(base)
+	if err != nil {
+		return EditResult{}, fmt.Errorf("containerd config without pyisolate's block: %w", err)
+	}
 	res := EditResult{Version: version}
+	// Declared outside the block (by hand)?
+	baseLines := lines
+	if found {
+		if baseLines, err = scanTOML(base); err != nil {
+			return EditResult{}, fmt.Errorf("containerd config: %w", err)
+		}
+	}
+	for _, l := range baseLines {
+		if !l.header || !equalKeys(l.keys, table) {
+			continue
+		}
+		if l.array {
+			return EditResult{}, fmt.Errorf("containerd config line %d declares %s as an array of tables", lineNumber(base, l.start), formatKey(table))
+		}
+		got, _ := lookup(bm, table)
+		if t, ok := got.(map[string]any); ok && t["runtime_type"] == runtimeType && !found {
+			res.Data, res.Unmanaged = data, true
+			return res, nil
+		}
+		return EditResult{}, fmt.Errorf("containerd config line %d already declares runtime %q (runtime_type %v) outside pyisolate's block: remove that table or choose another --runtime-name",
+			lineNumber(base, l.start), name, typeOf(got))
+	}
+	// containerd's default runtime must stay declared (see DefaultRuntime).
+	withDefault := false
+	if dn, ok := lookup(bm, append(append([]string{}, path[:len(path)-1]...), "default_runtime_name")); !ok || dn == DefaultRuntime {
+		if _, ok := lookup(bm, append(append([]string{}, path...), DefaultRuntime)); !ok {
+			withDefault = true
+		}
+	}
+	block, err := Block(version, name, runtimeType, withDefault)
+	if err != nil {
+		return EditResult{}, err
+	}
 	var out []byte
 	if found {
 		if string(data[bs:be]) == block {
@@ -148,21 +221,6 @@ func AddRuntime(data []byte, name, runtimeType string, defaultVersion int) (Edit
 		}
 		out = append(append(append([]byte{}, data[:bs]...), block...), data[be:]...)
 	} else {
-		// Declared outside any block (by hand)?
-		for _, l := range lines {
-			if l.header && equalKeys(l.keys, table) {
-				if l.array {
-					return EditResult{}, fmt.Errorf("containerd config line %d declares %s as an array of tables", lineNumber(data, l.start), formatKey(table))
-				}
-				got, _ := lookup(mustDecode(data), table)
-				if t, ok := got.(map[string]any); ok && t["runtime_type"] == runtimeType {
-					res.Data, res.Unmanaged = data, true
-					return res, nil
-				}
-				return EditResult{}, fmt.Errorf("containerd config line %d already declares runtime %q with runtime_type %v, not %q: remove that table or choose another --runtime-name",
-					lineNumber(data, l.start), name, typeOf(got), runtimeType)
-			}
-		}
 		out = append([]byte{}, data...)
 		if len(out) > 0 && out[len(out)-1] != '\n' {
 			out = append(out, '\n')
@@ -175,11 +233,11 @@ func AddRuntime(data []byte, name, runtimeType string, defaultVersion int) (Edit
 		}
 		out = append(out, block...)
 	}
-	base := data
-	if found {
-		base = append(append([]byte{}, data[:bs]...), data[be:]...)
+	added := [][]string{table}
+	if withDefault {
+		added = append(added, append(append([]string{}, path...), DefaultRuntime))
 	}
-	if err := verifyAdded(base, out, table, runtimeType, info.Empty, version); err != nil {
+	if err := verifyAdded(base, out, added, runtimeType, info.Empty, version); err != nil {
 		return EditResult{}, err
 	}
 	res.Data, res.Changed = out, true
@@ -258,7 +316,8 @@ func findBlock(data []byte, lines []tomlLine, name string) (start, end int, foun
 
 // verifyAdded decodes both documents and checks that the new one is the old
 // one plus exactly our runtime entry (and a version key for an empty one).
-func verifyAdded(old, new []byte, table []string, runtimeType string, wasEmpty bool, version int) error {
+func verifyAdded(old, new []byte, tables [][]string, runtimeType string, wasEmpty bool, version int) error {
+	table := tables[0]
 	om, err := decode(old)
 	if err != nil {
 		return err
@@ -274,7 +333,9 @@ func verifyAdded(old, new []byte, table []string, runtimeType string, wasEmpty b
 	}
 	// Remove our entry from the new document (and the parents it created)
 	// and compare with the old one.
-	deleteKey(nm, table, om)
+	for _, t := range tables {
+		deleteKey(nm, t, om)
+	}
 	if wasEmpty {
 		if nm["version"] != int64(version) {
 			return fmt.Errorf("internal error: the edited config has no version %d", version)

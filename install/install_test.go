@@ -60,14 +60,26 @@ const v3Config = `version = 3
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = 'overlayfs'` // no trailing newline
 
+// debianDefault is /etc/containerd/config.toml of Debian 12's containerd.
+const debianDefault = `version = 2
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/var/lib/containerd/opt"
+`
+
 const v1Config = `root = "/var/lib/containerd"
 [plugins.cri]
   sandbox_image = "k8s.gcr.io/pause:3.2"
 `
 
-func block(t *testing.T, v int) string {
+func block(t *testing.T, v int, withRunc bool) string {
 	t.Helper()
-	b, err := Block(v, DefaultRuntimeName, RuntimeType)
+	b, err := Block(v, DefaultRuntimeName, RuntimeType, withRunc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,27 +88,32 @@ func block(t *testing.T, v int) string {
 
 func TestAddRuntime(t *testing.T) {
 	handMade := "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.pyisolate]\n  runtime_type = \"io.containerd.pyisolate.v1\"\n"
-	stale := "version = 2\n\n" + strings.Replace(block(t, 2), RuntimeType, "io.containerd.old.v1", 1) + "# after\n"
+	stale := "version = 2\n\n" + strings.Replace(block(t, 2, true), RuntimeType, "io.containerd.old.v1", 1) + "# after\n"
+	crun := "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"crun\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.crun]\n  runtime_type = \"io.containerd.runc.v2\"\n"
 	cases := []struct {
 		name       string
 		in         string
 		defVersion int
 		want       string // expected output; "" means "in + \n + block(version)"
 		version    int
+		runc       bool // the block declares runc too
 		unchanged  bool
 		unmanaged  bool
 		err        string
 	}{
 		{name: "v2 with other runtimes and comments", in: v2WithRuntimes, version: 2},
-		{name: "v3", in: v3Config, version: 3, want: v3Config + "\n\n" + block(t, 3)},
-		{name: "v1 (no version key)", in: v1Config, version: 1},
-		{name: "empty, containerd 1.x", in: "", defVersion: 2, version: 2, want: "version = 2\n\n" + block(t, 2)},
-		{name: "empty, containerd 2.x", in: "", defVersion: 3, version: 3, want: "version = 3\n\n" + block(t, 3)},
-		{name: "comments only", in: "# nothing yet\n", defVersion: 2, version: 2, want: "# nothing yet\nversion = 2\n\n" + block(t, 2)},
+		{name: "v3", in: v3Config, version: 3, want: v3Config + "\n\n" + block(t, 3, false)},
+		{name: "v1 (no version key)", in: v1Config, version: 1, runc: true},
+		{name: "Debian default config (no runtimes: runc declared too)", in: debianDefault, version: 2, runc: true},
+		{name: "default runtime crun, declared", in: crun, version: 2},
+		{name: "default runtime runc named, not declared", in: "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n", version: 2, runc: true},
+		{name: "empty, containerd 1.x", in: "", defVersion: 2, version: 2, want: "version = 2\n\n" + block(t, 2, true)},
+		{name: "empty, containerd 2.x", in: "", defVersion: 3, version: 3, want: "version = 3\n\n" + block(t, 3, true)},
+		{name: "comments only", in: "# nothing yet\n", defVersion: 2, version: 2, want: "# nothing yet\nversion = 2\n\n" + block(t, 2, true)},
 		{name: "empty, version unknown", in: "\n", err: "version is unknown"},
-		{name: "already installed", in: "version = 2\n\n" + block(t, 2), version: 2, unchanged: true},
-		{name: "already installed, v3, with text after", in: v3Config + "\n\n" + block(t, 3) + "\n# mine\n", version: 3, unchanged: true},
-		{name: "stale block replaced in place", in: stale, version: 2, want: "version = 2\n\n" + block(t, 2) + "# after\n"},
+		{name: "already installed", in: "version = 2\n\n" + block(t, 2, true), version: 2, unchanged: true},
+		{name: "already installed, v3, with text after", in: v3Config + "\n\n" + block(t, 3, false) + "\n# mine\n", version: 3, unchanged: true},
+		{name: "stale block replaced in place", in: stale, version: 2, want: "version = 2\n\n" + block(t, 2, true) + "# after\n"},
 		{name: "declared by hand, same type", in: handMade, version: 2, unchanged: true, unmanaged: true},
 		{name: "declared by hand, other type", in: strings.Replace(handMade, "pyisolate.v1", "runc.v2", 1), err: "already declares runtime"},
 		{name: "declared with dotted keys", in: "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  runtimes.pyisolate.runtime_type = \"x\"\n", err: "would make the config invalid"},
@@ -127,7 +144,7 @@ func TestAddRuntime(t *testing.T) {
 			case c.unchanged:
 				want = c.in
 			case want == "":
-				want = c.in + "\n" + block(t, c.version)
+				want = c.in + "\n" + block(t, c.version, c.runc)
 			}
 			if string(res.Data) != want {
 				t.Errorf("output:\n%s\nwant:\n%s", res.Data, want)
@@ -206,8 +223,8 @@ func TestRemoveRuntime(t *testing.T) {
 		t.Errorf("hand-made: removed=%v unmanaged=%v err=%v", removed, unmanaged, err)
 	}
 	// Another runtime name's block stays.
-	other, _ := Block(2, "other", RuntimeType)
-	ours := block(t, 2)
+	other, _ := Block(2, "other", RuntimeType, true)
+	ours := block(t, 2, false)
 	in := "version = 2\n\n" + other + "\n" + ours
 	out, removed, _, err = RemoveRuntime([]byte(in), DefaultRuntimeName)
 	if err != nil || !removed || string(out) != "version = 2\n\n"+other {
@@ -378,7 +395,7 @@ func TestInstallMissingConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(cfg)
-	if want := "version = 3\n\n" + block(t, 3); string(b) != want {
+	if want := "version = 3\n\n" + block(t, 3, true); string(b) != want {
 		t.Errorf("config:\n%s\nwant:\n%s", b, want)
 	}
 	if res.Backup != "" || res.Restarted || len(res.Notes) != 1 || !strings.Contains(res.Notes[0], "restart disabled") {
