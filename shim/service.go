@@ -203,6 +203,31 @@ func (s *service) hostProfile(ctx context.Context) (spec.Host, error) {
 	return s.host, s.hostErr
 }
 
+// plainHost is the host as spec.Harden needs it, without runtime.Detect's
+// namespace probes (tens of milliseconds per shim): Harden adds no user
+// namespace, so only the no-caps model (no CAP_SYS_ADMIN: no namespaces at
+// all) and seccomp support matter.
+func plainHost() spec.Host {
+	h := spec.Host{Restriction: spec.RestrictionNone, Seccomp: runtime.SeccompEnabled}
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return h
+	}
+	status := string(data)
+	if !strings.Contains(status, "\nSeccomp:") {
+		h.Seccomp = false
+	}
+	for _, line := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err == nil && caps&(1<<unix.CAP_SYS_ADMIN) == 0 {
+				h.Restriction = spec.RestrictionNoCaps
+			}
+		}
+	}
+	return h
+}
+
 // invalid marks an error in the caller's bundle, spec or manifest.
 func invalid(format string, a ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{errdefs.ErrInvalidArgument}, a...)...)
@@ -226,11 +251,8 @@ func (s *service) buildSpec(ctx context.Context, id, bundle string) (*specs.Spec
 	if plain == nil {
 		return nil, invalid("pyisolate: bundle %s has no %s", bundle, spec.ConfigFile)
 	}
-	host, err := s.hostProfile(ctx)
-	if err != nil {
-		return nil, err
-	}
 	if m == nil {
+		host := plainHost()
 		out, err := spec.Harden(plain, host)
 		if err != nil {
 			return nil, invalid("pyisolate: %v", err)
@@ -239,6 +261,10 @@ func (s *service) buildSpec(ctx context.Context, id, bundle string) (*specs.Spec
 			log.G(ctx).WithField("id", id).Warnf("sandbox degraded on this host (%s): %v", host.Restriction, d)
 		}
 		return out, nil
+	}
+	host, err := s.hostProfile(ctx)
+	if err != nil {
+		return nil, err
 	}
 	rootfs := ""
 	if plain.Root != nil && plain.Root.Path != "" {

@@ -208,7 +208,7 @@ type ctrdDaemon struct {
 // ctrdNewDaemon starts a private containerd and registers its cleanup:
 // every task killed and deleted, the daemon stopped, any shim left killed,
 // mounts under its directory unmounted, the directory removed.
-func ctrdNewDaemon(t *testing.T, v ctrdVersion) *ctrdDaemon {
+func ctrdNewDaemon(t testing.TB, v ctrdVersion) *ctrdDaemon {
 	t.Helper()
 	shimDir := ctrdShimBin(t)
 	dir, err := os.MkdirTemp("", "ctrd-")
@@ -454,7 +454,7 @@ func (d *ctrdDaemon) ShimPid(t testing.TB, id string) int {
 }
 
 // cleanup removes everything the daemon and its tasks made.
-func (d *ctrdDaemon) cleanup(t *testing.T) {
+func (d *ctrdDaemon) cleanup(t testing.TB) {
 	if t.Failed() {
 		t.Logf("containerd log (%s):\n%s", d.Version.Name, d.LogTail(40))
 	}
