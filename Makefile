@@ -39,11 +39,13 @@ bench: build
 security-report: build
 	$(GO) test -count=1 -v -run 'TestSecurityReport' ./test/
 
-examples: build
+examples:
 	./examples/make-bundles.sh build/bundles
 
-demo: deps build examples
-	./$(BIN)/pyisolate detect
+# The main job: host check, the sample extension sandboxed, a sandbox probe,
+# and a host and an extension container handing tensors across zero-copy.
+demo: deps build
+	./scripts/demo.sh
 
 install: build
 	install -m 0755 $(BIN)/pyisolate $(PREFIX)/bin/pyisolate

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Writes the sample extension bundles into OUTDIR (default build/bundles).
-# A bundle holds config.json-free pyisolate.json: the manifest names the
-# module by absolute path, so bundles are generated for this checkout. No
-# rootfs is shipped: the runtime makes an empty read-only root and binds the
-# host's system paths into it, bwrap style.
+# Writes the sample extension bundles into OUTDIR (default build/bundles):
+#   hello      the smallest extension: reads its module, writes /tmp, numpy
+#   demo-host  the demo's host, in group "demo"
+#   demo-ext   the demo's extension, in group "demo"
+# A bundle here is a directory with a pyisolate.json and no rootfs: the
+# runtime makes an empty read-only root and binds the host's system paths
+# into it, bwrap style. Manifests name modules by absolute path, so bundles
+# are generated for this checkout.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-build/bundles}
-mkdir -p "$out/hello"
+mkdir -p "$out/hello" "$out/demo-host" "$out/demo-ext"
 cat >"$out/hello/pyisolate.json" <<JSON
 {
   "name": "hello",
@@ -19,4 +22,18 @@ cat >"$out/hello/pyisolate.json" <<JSON
   "env": {"PYTHONUNBUFFERED": "1"}
 }
 JSON
-echo "examples: wrote $out/hello"
+for role in host ext; do
+	cat >"$out/demo-$role/pyisolate.json" <<JSON
+{
+  "name": "demo-$role",
+  "module_path": "$here/demo/pyisolate_demo",
+  "python": "/usr/bin/python3",
+  "group": "demo",
+  "share_torch": true,
+  "command": ["/usr/bin/python3", "-m", "pyisolate_demo.$role"],
+  "limits": {"memory": "3Gi", "pids": 128, "shm_size": "1536Mi"},
+  "env": {"PYTHONUNBUFFERED": "1"}
+}
+JSON
+done
+echo "examples: wrote $out/hello $out/demo-host $out/demo-ext"

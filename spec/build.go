@@ -320,6 +320,10 @@ func (b *builder) mounts() []specs.Mount {
 		add("/dev/pts", "devpts", "devpts", "nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620")
 		add("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro")
 	}
+	// Private /tmp before the binds, as bwrap orders it: a module, venv or
+	// user path that lives under the host's /tmp is bound on top of it
+	// rather than hidden by it.
+	add("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777", "size=1g")
 	bound := []string{}
 	bind := func(p string, opts []string) {
 		add(p, "bind", p, opts...)
@@ -344,7 +348,6 @@ func (b *builder) mounts() []specs.Mount {
 		bind(m.Venv, roBind)
 	}
 	bind(m.ModulePath, roBind)
-	add("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777", "size=1g")
 	if o.ShmDir != "" {
 		add(ShmMount, "bind", o.ShmDir, "rbind", "rw", "nosuid", "nodev", "noexec")
 	} else {

@@ -202,6 +202,24 @@ func TestBuildMounts(t *testing.T) {
 	}
 }
 
+func TestBuildTmpBeforeBinds(t *testing.T) {
+	m := sampleManifest()
+	m.ModulePath = "/tmp/work/ext_a"
+	s := mustBuild(t, m, fullHost(), sampleOptions())
+	tmp, mod := -1, -1
+	for i, mt := range s.Mounts {
+		switch mt.Destination {
+		case "/tmp":
+			tmp = i
+		case "/tmp/work/ext_a":
+			mod = i
+		}
+	}
+	if tmp < 0 || mod < 0 || tmp > mod {
+		t.Fatalf("/tmp tmpfs at %d, module under /tmp at %d: the tmpfs must come first", tmp, mod)
+	}
+}
+
 func TestBuildPythonPrefixNotDuplicated(t *testing.T) {
 	m := sampleManifest()
 	m.Python = "/usr/bin/python3"

@@ -283,13 +283,29 @@ func (d *Domain) Destroy(ctx context.Context) error {
 			return fmt.Errorf("destroy shm domain %s: %w", d.dir, err)
 		}
 	}
-	if err := os.RemoveAll(d.dir); err != nil {
+	if err := removeBusy(d.dir); err != nil {
 		return fmt.Errorf("destroy shm domain %s: %w", d.dir, err)
 	}
 	if err := os.RemoveAll(d.stateDir); err != nil {
 		return fmt.Errorf("destroy shm domain %s: remove state: %w", d.dir, err)
 	}
 	return nil
+}
+
+// removeBusy removes dir and everything in it. Right after a member's
+// container dies its mounts can still be going away, and removing the
+// mount point then fails with EBUSY for a moment: retry for up to a second,
+// detaching dir again each time.
+func removeBusy(dir string) error {
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = os.RemoveAll(dir); err == nil || !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		time.Sleep(20 * time.Millisecond)
+	}
+	return err
 }
 
 // unmountAll unmounts dir until it is no longer a mount point, detaching

@@ -40,7 +40,11 @@ def create_segment(key, nbytes):
     finally:
         os.close(fd)
     arr = np.frombuffer(mm, dtype=np.float32)
-    arr[:] = np.arange(arr.size, dtype=np.float32) % 1024
+    # Fill in chunks: a whole-size temporary would double the memory used.
+    chunk = np.arange(1 << 20, dtype=np.float32) % 1024
+    for start in range(0, arr.size, chunk.size):
+        end = min(start + chunk.size, arr.size)
+        arr[start:end] = chunk[: end - start]
     return path, mm, arr
 
 
@@ -80,7 +84,7 @@ def main():
         before = float(arr[n - 1])
         wire.send(conn, {"op": "scale", "ref": ref, "factor": 2.0})
         assert wire.recv(conn)["ok"]
-        in_place = float(arr[n - 1]) == before * 2 and float(arr[1]) == 2.0
+        in_place = float(arr[n - 1]) == before * 2 and float(arr[1]) == 2.0 and float(arr[0]) == 0.0
 
         def shm_handoff():
             wire.send(conn, {"op": "touch", "ref": ref})
