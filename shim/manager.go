@@ -86,6 +86,7 @@ func (m *manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error
 	if err := rt.Delete(ctx, id, true); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).Warn("pyisolate: delete container")
 	}
+	endAbandonedGroups(ctx, stateRoot(ns))
 	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("pyisolate: unmount rootfs")
 	}

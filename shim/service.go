@@ -59,6 +59,9 @@ type service struct {
 	hostOnce sync.Once
 	host     spec.Host
 	hostErr  error
+
+	gmu    sync.Mutex
+	groups map[string]*shimGroup
 }
 
 // container is one task: its init process and its exec processes.
@@ -67,7 +70,10 @@ type container struct {
 	// mountedRootfs is <bundle>/rootfs when the shim mounted the request's
 	// rootfs mounts there.
 	mountedRootfs string
-	c             *runtime.Container
+	// group is the isolation group of a manifest container ("" for a
+	// plain one).
+	group string
+	c     *runtime.Container
 	// mu orders events: Start and Exec-start hold it while they publish,
 	// the exit watchers take it before they publish an exit.
 	mu    sync.Mutex
@@ -118,6 +124,7 @@ func newService(ctx context.Context, publisher cdshim.Publisher, sd shutdown.Ser
 		shutdown:   sd,
 		publisher:  publisher,
 		containers: map[string]*container{},
+		groups:     map[string]*shimGroup{},
 	}
 	go s.forward(ctx, publisher)
 	if address, err := cdshim.ReadAddress("address"); err == nil {
@@ -237,34 +244,34 @@ func invalid(format string, a ...any) error {
 // runs with: the sandbox built from the pyisolate manifest when the bundle
 // has one (pyisolate.json or io.pyisolate.* annotations), else the caller's
 // spec hardened by spec.Harden.
-func (s *service) buildSpec(ctx context.Context, id, bundle string) (*specs.Spec, error) {
+func (s *service) buildSpec(ctx context.Context, id, bundle string) (_ *specs.Spec, group string, retErr error) {
 	m, plain, err := spec.LoadBundle(bundle)
 	if err != nil {
 		// A plain container that only names its isolation group (to share
 		// the group's shim) has no manifest to decode.
 		var gerr error
 		if plain, gerr = groupOnlyBundle(bundle); gerr != nil || plain == nil {
-			return nil, invalid("pyisolate: %v", err)
+			return nil, "", invalid("pyisolate: %v", err)
 		}
 		m = nil
 	}
 	if plain == nil {
-		return nil, invalid("pyisolate: bundle %s has no %s", bundle, spec.ConfigFile)
+		return nil, "", invalid("pyisolate: bundle %s has no %s", bundle, spec.ConfigFile)
 	}
 	if m == nil {
 		host := plainHost()
 		out, err := spec.Harden(plain, host)
 		if err != nil {
-			return nil, invalid("pyisolate: %v", err)
+			return nil, "", invalid("pyisolate: %v", err)
 		}
 		if d := spec.DegradedList(out); len(d) > 0 {
 			log.G(ctx).WithField("id", id).Warnf("sandbox degraded on this host (%s): %v", host.Restriction, d)
 		}
-		return out, nil
+		return out, "", nil
 	}
 	host, err := s.hostProfile(ctx)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	rootfs := ""
 	if plain.Root != nil && plain.Root.Path != "" {
@@ -276,10 +283,23 @@ func (s *service) buildSpec(ctx context.Context, id, bundle string) (*specs.Spec
 	if rootfs == "" || isEmptyDir(rootfs) {
 		// A host-files extension: the whole filesystem comes from binds.
 		if rootfs, err = s.rt.EmptyRootfs(id); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
-	opts := spec.Options{ID: id, Rootfs: rootfs}
+	group = m.Group
+	if group == "" {
+		group = m.Name
+	}
+	g, err := s.joinGroup(ctx, group, id, m)
+	if err != nil {
+		return nil, "", err
+	}
+	defer func() {
+		if retErr != nil {
+			s.leaveGroup(context.WithoutCancel(ctx), group, id)
+		}
+	}()
+	opts := spec.Options{ID: id, Rootfs: rootfs, ShmDir: g.ShmDir(), SocketDir: g.SocketDir()}
 	if plain.Process != nil {
 		opts.HostEnv = plain.Process.Env
 	}
@@ -288,7 +308,7 @@ func (s *service) buildSpec(ctx context.Context, id, bundle string) (*specs.Spec
 	}
 	out, err := spec.Build(m, host, opts)
 	if err != nil {
-		return nil, invalid("pyisolate: manifest: %v", err)
+		return nil, "", invalid("pyisolate: manifest: %v", err)
 	}
 	if plain.Process != nil {
 		if len(plain.Process.Args) > 0 {
@@ -302,10 +322,13 @@ func (s *service) buildSpec(ctx context.Context, id, bundle string) (*specs.Spec
 			out.Annotations[k] = v
 		}
 	}
+	if err := injectDevices(ctx, out, g, id); err != nil {
+		return nil, "", err
+	}
 	if d := spec.DegradedList(out); len(d) > 0 {
 		log.G(ctx).WithField("id", id).Warnf("sandbox degraded on this host (%s): %v", host.Restriction, d)
 	}
-	return out, nil
+	return out, group, nil
 }
 
 // groupOnlyBundle returns the config of a bundle without pyisolate.json
@@ -385,9 +408,17 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			}
 		}()
 	}
-	sp, err := s.buildSpec(ctx, r.ID, r.Bundle)
+	sp, group, err := s.buildSpec(ctx, r.ID, r.Bundle)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
+	}
+	if group != "" {
+		c.group = group
+		defer func() {
+			if retErr != nil {
+				s.leaveGroup(context.WithoutCancel(ctx), group, r.ID)
+			}
+		}()
 	}
 	stdio := stdioPaths{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
 	if r.Terminal || sp.Process.Terminal {
@@ -424,6 +455,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	c.init.io = pio
 	c.init.pid = st.InitPID
 	_ = os.WriteFile(filepath.Join(r.Bundle, initPidFile), []byte(strconv.Itoa(st.InitPID)), 0o644)
+	if c.group != "" {
+		s.registerMember(ctx, c.group, r.ID, st.InitPID)
+	}
 
 	s.mu.Lock()
 	s.containers[r.ID] = c
@@ -610,6 +644,9 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		}
 	}
 	_ = os.Remove(filepath.Join(c.bundle, initPidFile))
+	if c.group != "" {
+		s.leaveGroup(ctx, c.group, c.id)
+	}
 	s.mu.Lock()
 	delete(s.containers, r.ID)
 	s.mu.Unlock()

@@ -254,6 +254,39 @@ func TestContainerdManifest(t *testing.T) {
 		if f := strings.Fields(r.Stdout); len(f) != 3 || f[0] == "0" || f[1] != "False" || f[2] != "False" {
 			t.Errorf("sandbox check (uid map base, /root visible, /usr writable) = %q", r.Stdout)
 		}
+		// Members of one group share the group's /dev/shm (and one shim);
+		// another group does not see it.
+		inGroup := func(g string) []string { return append([]string{"io.pyisolate.group=" + g}, hello...) }
+		args := []string{"run", "-d", "--runtime", ctrdRuntime}
+		for _, a := range inGroup("gx") {
+			args = append(args, "--annotation", a)
+		}
+		args = append(args, "--rootfs", empty, "gA", "/usr/bin/python3", "-c",
+			"open('/dev/shm/marker','w').write('from-a'); import time; time.sleep(1000)")
+		d.Ctr(t, 0, args...)
+		d.WaitTask(t, "gA", "RUNNING", 20*time.Second)
+		read := "import os; print(open('/dev/shm/marker').read() if os.path.exists('/dev/shm/marker') else 'absent')"
+		var got string
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			got = strings.TrimSpace(run(0, "gB", inGroup("gx"), "/usr/bin/python3", "-c", read).Stdout)
+			if got != "absent" || time.Now().After(deadline) {
+				break
+			}
+		}
+		if got != "from-a" {
+			t.Errorf("group member sees /dev/shm/marker = %q, want from-a", got)
+		}
+		if got := strings.TrimSpace(run(0, "gC", inGroup("gy"), "/usr/bin/python3", "-c", read).Stdout); got != "absent" {
+			t.Errorf("another group sees /dev/shm/marker = %q", got)
+		}
+		d.Ctr(t, 0, "task", "kill", "-s", "KILL", "gA")
+		d.WaitTask(t, "gA", "STOPPED", 10*time.Second)
+		d.Ctr(t, 0, "task", "delete", "gA")
+		d.Ctr(t, 0, "container", "rm", "gA")
+		if _, err := os.Stat(filepath.Join(ctrdStateBase, "default", "groups", "gx", "shm")); err == nil {
+			t.Errorf("group gx's shared memory left after its last member")
+		}
+
 		bad := fmt.Sprintf(`io.pyisolate.manifest={"name":"bad","module_path":%q,"sandbox":{"writable_paths":["/etc"]}}`, module)
 		r = run(1, "bad", []string{bad})
 		if !strings.Contains(r.Stderr, `"/etc" is forbidden`) {

@@ -1,0 +1,143 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/pyisolate/pyisolate-oci/hooks"
+	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/spec"
+)
+
+// shimGroup is an isolation group as this shim holds it: the members it
+// serves share the group's /dev/shm tmpfs and socket directory (members
+// served by other shims or by `pyisolate run` join the same files on the
+// host). The shim watches the group's shared memory while it serves members.
+type shimGroup struct {
+	g       *runtime.Group
+	members map[string]bool
+	cancel  context.CancelFunc
+}
+
+// joinGroup adds container id to group name, opening (or creating) the
+// group on first use in this shim.
+func (s *service) joinGroup(ctx context.Context, name, id string, m *spec.Manifest) (*runtime.Group, error) {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	if sg := s.groups[name]; sg != nil {
+		if err := sg.g.Join(ctx, id, os.Getpid()); err != nil {
+			return nil, err
+		}
+		sg.members[id] = true
+		return sg.g, nil
+	}
+	g, err := runtime.OpenGroup(ctx, s.rt.Root, name, id, os.Getpid(), runtime.GroupOptions{ShmSize: int64(m.Limits.ShmSize)})
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range g.Domain.Warnings() {
+		log.G(ctx).WithField("group", name).Warn(w)
+	}
+	wctx, cancel := context.WithCancel(context.WithoutCancel(s.ctx))
+	go func() {
+		if err := g.Domain.Watch(wctx); err != nil && !errors.Is(err, context.Canceled) {
+			log.G(wctx).WithError(err).WithField("group", name).Warn("watch group shared memory")
+		}
+	}()
+	s.groups[name] = &shimGroup{g: g, members: map[string]bool{id: true}, cancel: cancel}
+	return g, nil
+}
+
+// registerMember records the host pid of a member's init, so that the
+// segments it makes are attributed to it.
+func (s *service) registerMember(ctx context.Context, name, id string, pid int) {
+	s.gmu.Lock()
+	sg := s.groups[name]
+	s.gmu.Unlock()
+	if sg == nil {
+		return
+	}
+	if err := sg.g.Join(ctx, id, pid); err != nil {
+		log.G(ctx).WithError(err).Warn("register group member")
+	}
+}
+
+// leaveGroup records that member id exited; the group ends with its last
+// member on the host.
+func (s *service) leaveGroup(ctx context.Context, name, id string) {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	sg := s.groups[name]
+	if sg == nil || !sg.members[id] {
+		return
+	}
+	delete(sg.members, id)
+	if _, err := sg.g.Leave(ctx, id); err != nil {
+		log.G(ctx).WithError(err).WithField("group", name).Warn("leave group")
+	}
+	if len(sg.members) == 0 {
+		sg.cancel()
+		delete(s.groups, name)
+	}
+}
+
+// injectDevices resolves the spec's CDI devices (the manifest's gpus) and,
+// for members that asked for CUDA IPC, joins the group's IPC and PID
+// namespaces, as `pyisolate run` does.
+func injectDevices(ctx context.Context, s *specs.Spec, g *runtime.Group, id string) error {
+	if _, err := hooks.InjectCDI(ctx, s, hooks.CDIOptions{}); err != nil {
+		var unknown *hooks.UnknownDeviceError
+		var bad *hooks.SpecFileError
+		if errors.As(err, &unknown) || errors.As(err, &bad) {
+			return invalid("pyisolate: %v", err)
+		}
+		return err
+	}
+	if s.Annotations[spec.AnnotationShareCUDAIPC] != "true" || g == nil {
+		return nil
+	}
+	return hooks.CUDAIPCSettings(s, groupIPCNamespace(ctx, g, id))
+}
+
+// groupIPCNamespace returns the IPC namespace of a running member of g other
+// than id, or "" when there is none yet (the first member creates it).
+func groupIPCNamespace(ctx context.Context, g *runtime.Group, id string) string {
+	ms, err := g.Domain.Members(ctx)
+	if err != nil {
+		return ""
+	}
+	self, _ := os.Readlink("/proc/self/ns/ipc")
+	for _, m := range ms {
+		if !m.Alive || m.ID == id {
+			continue
+		}
+		p := fmt.Sprintf("/proc/%d/ns/ipc", m.PID)
+		if ns, err := os.Readlink(p); err == nil && ns != self {
+			return p
+		}
+	}
+	return ""
+}
+
+// endAbandonedGroups ends the groups under root whose members all died
+// (used by the delete action after a shim was killed).
+func endAbandonedGroups(ctx context.Context, root string) {
+	names, err := runtime.ListGroups(root)
+	if err != nil {
+		return
+	}
+	for _, n := range names {
+		g, err := runtime.LoadGroup(root, n)
+		if err != nil {
+			continue
+		}
+		if _, err := g.EndIfAbandoned(ctx); err != nil {
+			log.G(ctx).WithError(err).WithField("group", n).Warn("end abandoned group")
+		}
+	}
+}
