@@ -713,12 +713,13 @@ func detectShm(env detectEnv) Shm {
 }
 
 // existingPaths returns the entries of SystemPaths and EtcAllowList that
-// exist under env's root (Lstat: a symbolic link counts).
+// exist under env's root (Stat: a symbolic link counts when its target
+// exists; a dangling one cannot be bound).
 func existingPaths(env detectEnv) []string {
 	out := []string{}
 	for _, list := range [][]string{SystemPaths, EtcAllowList} {
 		for _, p := range list {
-			if _, err := os.Lstat(env.path(p)); err == nil {
+			if _, err := os.Stat(env.path(p)); err == nil {
 				out = append(out, p)
 			}
 		}

@@ -28,6 +28,8 @@ type bundleRequest struct {
 	Restriction spec.Restriction
 	// ShmDir and SocketDir are the group's directories, when known.
 	ShmDir, SocketDir string
+	// Root is the runtime's state directory (the host profile is cached there).
+	Root string
 }
 
 // bundleError marks errors in the user's bundle or manifest (exit status 2),
@@ -57,7 +59,7 @@ func prepareSpec(ctx context.Context, r bundleRequest) (*specs.Spec, *spec.Manif
 			return nil, nil, &bundleError{fmt.Errorf("--group: %w", err)}
 		}
 	}
-	prof, err := runtime.Detect(ctx)
+	prof, err := runtime.DetectCached(ctx, r.Root)
 	if err != nil {
 		return nil, nil, fmt.Errorf("detect host: %w", err)
 	}

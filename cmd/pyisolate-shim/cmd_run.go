@@ -134,7 +134,7 @@ func runBundle(ctx context.Context, req runRequest) int {
 	var g *runtime.Group
 	if m == nil {
 		// A plain OCI bundle: its config.json with our defaults on top.
-		s, err = hardenPlain(ctx, plain)
+		s, err = hardenPlain(ctx, req.Root, plain)
 	} else {
 		group := req.Group
 		if group == "" {
@@ -210,8 +210,8 @@ func leaveGroup(g *runtime.Group, id string) {
 }
 
 // hardenPlain applies pyisolate's defaults to a plain OCI bundle's spec.
-func hardenPlain(ctx context.Context, plain *specs.Spec) (*specs.Spec, error) {
-	prof, err := runtime.Detect(ctx)
+func hardenPlain(ctx context.Context, root string, plain *specs.Spec) (*specs.Spec, error) {
+	prof, err := runtime.DetectCached(ctx, root)
 	if err != nil {
 		return nil, fmt.Errorf("detect host: %w", err)
 	}
@@ -265,7 +265,7 @@ func groupIPCNamespace(ctx context.Context, g *runtime.Group, id string) string 
 // buildSpec builds the sandbox spec of an extension bundle in group g,
 // making the empty rootfs when the bundle has no rootfs directory.
 func buildSpec(ctx context.Context, r *runtime.Runtime, bundle, id, group string, g *runtime.Group) (*specs.Spec, error) {
-	req := bundleRequest{Bundle: bundle, ID: id, Group: group, ShmDir: g.ShmDir(), SocketDir: g.SocketDir()}
+	req := bundleRequest{Bundle: bundle, ID: id, Group: group, ShmDir: g.ShmDir(), SocketDir: g.SocketDir(), Root: r.Root}
 	if fi, err := os.Stat(filepath.Join(bundle, "rootfs")); err != nil || !fi.IsDir() {
 		rootfs, err := r.EmptyRootfs(id)
 		if err != nil {

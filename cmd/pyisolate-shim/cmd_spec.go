@@ -34,7 +34,7 @@ func specMain(args []string) int {
 		return fail(exitUsage, "spec: --restriction: unknown model %q", *restriction)
 	}
 	ctx := context.Background()
-	req := bundleRequest{Bundle: *bundle, ID: *id, Group: *group, Restriction: spec.Restriction(*restriction)}
+	req := bundleRequest{Bundle: *bundle, ID: *id, Group: *group, Restriction: spec.Restriction(*restriction), Root: *root}
 	if req.ID == "" {
 		m, _, err := spec.LoadBundle(*bundle)
 		if err == nil && m != nil {
