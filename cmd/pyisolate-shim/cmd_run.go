@@ -408,8 +408,51 @@ func deleteMain(args []string) int {
 	if fs.NArg() != 1 {
 		return usageError(fs, "want one container ID")
 	}
-	if err := (&runtime.Runtime{Root: *root}).Delete(context.Background(), fs.Arg(0), *force); err != nil {
+	ctx := context.Background()
+	r := &runtime.Runtime{Root: *root}
+	id := fs.Arg(0)
+	group := containerGroup(r, id)
+	if err := r.Delete(ctx, id, *force); err != nil {
 		return fail(1, "delete: %v", err)
 	}
+	if group != "" {
+		// The `run` that would have left the group is gone (killed, or the
+		// container was detached from it): leave for it, and end the group
+		// when no member is alive, so its shared memory is not left mounted.
+		if err := releaseGroup(ctx, *root, group, id); err != nil {
+			return fail(1, "delete: %v", err)
+		}
+	}
 	return 0
+}
+
+// containerGroup returns the isolation group container id joined, or "".
+func containerGroup(r *runtime.Runtime, id string) string {
+	c, err := r.Load(id)
+	if err != nil {
+		return ""
+	}
+	st, err := c.State()
+	if err != nil {
+		return ""
+	}
+	return st.Annotations[spec.AnnotationGroup]
+}
+
+// releaseGroup removes member id from group and ends the group when none of
+// its members is alive. A group already ended is not an error.
+func releaseGroup(ctx context.Context, root, group, id string) error {
+	g, err := runtime.LoadGroup(root, group)
+	if err != nil {
+		if _, serr := os.Stat(runtime.GroupDir(root, group)); errors.Is(serr, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	ended, err := g.Leave(ctx, id)
+	if err != nil || ended {
+		return err
+	}
+	_, err = g.EndIfAbandoned(ctx)
+	return err
 }
