@@ -83,7 +83,11 @@ func (m *manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error
 		}
 	}
 	rt := &runtime.Runtime{Root: stateRoot(ns)}
-	if err := rt.Delete(ctx, id, true); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if other := foreignBundle(rt, id, bundle); other != "" {
+		// Not this shim's container: one of the same id that another
+		// containerd (or a dead one) made from another bundle.
+		log.G(ctx).WithField("bundle", other).Warn("pyisolate: container of this id belongs to another bundle; left alone")
+	} else if err := rt.Delete(ctx, id, true); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).Warn("pyisolate: delete container")
 	}
 	endAbandonedGroups(ctx, stateRoot(ns))
@@ -109,4 +113,18 @@ func (m *manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeI
 // errorf prints an error of the shim binary on stderr.
 func errorf(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "containerd-shim-pyisolate-v1: "+format+"\n", a...)
+}
+
+// foreignBundle returns the bundle of container id under rt when it is not
+// bundle, "" when they match or the container has no readable state.
+func foreignBundle(rt *runtime.Runtime, id, bundle string) string {
+	c, err := rt.Load(id)
+	if err != nil {
+		return ""
+	}
+	st, err := c.State()
+	if err != nil || st.Bundle == "" || filepath.Clean(st.Bundle) == filepath.Clean(bundle) {
+		return ""
+	}
+	return st.Bundle
 }

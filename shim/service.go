@@ -388,6 +388,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
+	if err := removeStale(ctx, s.rt, r.ID); err != nil {
+		return nil, err
+	}
 	c := &container{id: r.ID, bundle: r.Bundle, execs: map[string]*proc{}}
 	if len(r.Rootfs) > 0 {
 		rootfs := filepath.Join(r.Bundle, "rootfs")
@@ -918,4 +921,29 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 	}
 	s.shutdown.Shutdown()
 	return empty, nil
+}
+
+// removeStale clears what a dead shim left of container id under rt's root
+// (a stopped or never-started container, a creation cut short), so that
+// containerd, which knows no task of that id, can create it again. A running
+// container of that id is not touched: another containerd shares this
+// namespace's state root, and creating is refused with the reason.
+func removeStale(ctx context.Context, rt *runtime.Runtime, id string) error {
+	_, serr := os.Lstat(filepath.Join(rt.Root, id))
+	_, rerr := os.Lstat(filepath.Join(rt.Root, "rootfs", id))
+	if serr != nil && rerr != nil {
+		return nil
+	}
+	if c, err := rt.Load(id); err == nil {
+		if st, err := c.State(); err == nil && (st.Status == runtime.StatusRunning || st.Status == runtime.StatusPaused) {
+			return errgrpc.ToGRPCf(errdefs.ErrAlreadyExists,
+				"pyisolate: container %s is %s (init pid %d) under %s, unknown to this containerd: another containerd uses namespace state root %s",
+				id, st.Status, st.InitPID, filepath.Join(rt.Root, id), rt.Root)
+		}
+	}
+	log.G(ctx).WithField("id", id).Warn("pyisolate: removing the state a dead shim left of this container")
+	if err := rt.Delete(ctx, id, true); err != nil {
+		return errgrpc.ToGRPCf(errdefs.ErrUnknown, "pyisolate: remove stale state of container %s: %v", id, err)
+	}
+	return nil
 }

@@ -162,6 +162,11 @@ func TestWatchAttributesAtCreation(t *testing.T) {
 	victim := startPy(t, d.Dir())
 	addMember(t, d, "ext-b", victim)
 	victim.do(t, "create v1 4096 map")
+	// Attributed while the victim lives (a scan here, so the test does not
+	// race Watch's own scan on a loaded machine); the sweep is what is tested.
+	if s := segmentMap(t, d)["v1"]; s.Owner != "ext-b" {
+		t.Fatalf("v1: owner %s, want ext-b", s.Owner)
+	}
 	victim.kill(t)
 	if err := d.MemberExited(context.Background(), "ext-b", time.Now()); err != nil {
 		t.Fatal(err)

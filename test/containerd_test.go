@@ -345,3 +345,43 @@ func TestContainerdShimKilled(t *testing.T) {
 		}
 	})
 }
+
+// TestContainerdStaleState: containerd and the shim of a detached task both
+// die, leaving the task's container in the shim's state root. A second
+// containerd may not create a container of that id while the orphan runs
+// (the error says why); once it has stopped, the stale state is cleared and
+// the id runs again.
+func TestContainerdStaleState(t *testing.T) {
+	ctrdEach(t, func(t *testing.T, d *ctrdDaemon) {
+		d.Ctr(t, 0, d.RunArgs([]string{"-d"}, "stale", "/bin/sleep", "1000")...)
+		d.WaitTask(t, "stale", "RUNNING", 10*time.Second)
+		pid := d.TaskPid(t, "stale")
+		shim := d.ShimPid(t, "stale")
+		d.Stop(t)
+		if err := syscall.Kill(shim, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		ctrdWaitGone(t, shim, 10*time.Second)
+		if !ctrdAlive(pid) {
+			t.Fatalf("the orphaned task %d ended with its shim", pid)
+		}
+
+		d2 := ctrdNewDaemon(t, d.Version)
+		r := d2.Ctr(t, 1, d2.RunArgs([]string{"--rm"}, "stale", "/bin/echo", "hi")...)
+		if !strings.Contains(r.Stderr, "unknown to this containerd") {
+			t.Errorf("creating over a running orphan: %s", r)
+		}
+		if !ctrdAlive(pid) {
+			t.Errorf("the orphaned task %d was killed by a create of another containerd", pid)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		ctrdWaitGone(t, pid, 10*time.Second)
+		r = d2.Ctr(t, 0, d2.RunArgs([]string{"--rm"}, "stale", "/bin/echo", "hi")...)
+		if strings.TrimSpace(r.Stdout) != "hi" {
+			t.Errorf("run over stale state: %s", r)
+		}
+		ctrdAssertClean(t, d2, "stale", pid, shim)
+	})
+}
