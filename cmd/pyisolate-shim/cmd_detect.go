@@ -11,12 +11,26 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
+// gpuReadiness reports the machine's GPU and CUDA IPC readiness for detect;
+// tests replace it.
+var gpuReadiness = func(ctx context.Context) hooks.CUDAReport {
+	return hooks.Readiness(ctx, hooks.ReadinessOptions{})
+}
+
+// detectReport is detect's JSON: the host profile's fields, and the GPU
+// readiness under "gpu".
+type detectReport struct {
+	*runtime.Profile
+	GPU hooks.CUDAReport `json:"gpu"`
+}
+
 func init() {
-	register("detect", "show what this host allows: restriction model, cgroups, seccomp, /dev/shm", detectMain)
+	register("detect", "show what this host allows: restriction model, cgroups, seccomp, /dev/shm, GPUs and CUDA IPC", detectMain)
 }
 
 // detectMain is "pyisolate detect [--json]". It exits 0 when detection
@@ -42,12 +56,13 @@ func runDetect(ctx context.Context, args []string, w io.Writer, detect func(cont
 	if err != nil {
 		return fail(1, "detect: %v", err)
 	}
+	gpu := gpuReadiness(ctx)
 	if *asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		err = enc.Encode(p)
+		err = enc.Encode(detectReport{Profile: p, GPU: gpu})
 	} else {
-		_, err = io.WriteString(w, formatProfile(p))
+		_, err = io.WriteString(w, formatProfile(p)+gpu.String())
 	}
 	if err != nil {
 		return fail(1, "detect: %v", err)

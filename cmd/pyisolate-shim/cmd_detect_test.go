@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
@@ -112,16 +115,88 @@ func TestDetectJSONReal(t *testing.T) {
 	if code := runDetect(context.Background(), []string{"--json"}, &out, runtime.Detect); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	var p runtime.Profile
+	var got struct {
+		runtime.Profile
+		GPU *hooks.CUDAReport `json:"gpu"`
+	}
 	dec := json.NewDecoder(&out)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
+	if err := dec.Decode(&got); err != nil {
 		t.Fatalf("decode --json: %v\n%s", err, out.String())
+	}
+	p := got.Profile
+	if got.GPU == nil || len(got.GPU.SpecDirs) == 0 {
+		t.Errorf("--json has no GPU readiness: %s", out.String())
 	}
 	if p.Restriction == "" || p.RestrictionReason == "" || p.Shm.Path != "/dev/shm" {
 		t.Errorf("profile %+v", p)
 	}
 	if !strings.Contains(formatProfile(&p), "restriction model: "+string(p.Restriction)) {
 		t.Errorf("human output of the real profile:\n%s", formatProfile(&p))
+	}
+}
+
+// TestDetectGPU gives detect a machine with a fake NVIDIA driver directory,
+// device node names and a CDI spec, then one without the spec: the human
+// and JSON outputs say ready, or not ready with the nvidia-ctk remedy.
+func TestDetectGPU(t *testing.T) {
+	dir := t.TempDir()
+	procDriver, devDir, cdiDir := filepath.Join(dir, "proc"), filepath.Join(dir, "dev"), filepath.Join(dir, "cdi")
+	for _, d := range []string{procDriver, devDir, cdiDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := map[string]string{
+		filepath.Join(procDriver, "version"): "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15\n",
+		filepath.Join(devDir, "nvidia0"):     "",
+		filepath.Join(devDir, "nvidiactl"):   "",
+		filepath.Join(cdiDir, "nvidia.yaml"): "cdiVersion: \"0.5.0\"\nkind: nvidia.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes: [{path: /dev/nvidia0}]\n",
+	}
+	for p, text := range files {
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	saved := gpuReadiness
+	t.Cleanup(func() { gpuReadiness = saved })
+	gpuReadiness = func(ctx context.Context) hooks.CUDAReport {
+		return hooks.Readiness(ctx, hooks.ReadinessOptions{SpecDirs: []string{cdiDir}, ProcDriver: procDriver, DevDir: devDir,
+			LookPath: func(string) (string, error) { return "", errors.New("not found") }})
+	}
+	fake := func(context.Context) (*runtime.Profile, error) { return detectProfile(), nil }
+	for _, tc := range []struct {
+		name      string
+		removeCDI bool
+		human     []string
+		ready     bool
+	}{
+		{"ready", false, []string{"CUDA IPC / GPUs: ready\n", "driver: NVRM version", "CDI devices (" + cdiDir + "): nvidia.com/gpu=0\n"}, true},
+		{"no CDI spec", true, []string{"CUDA IPC / GPUs: not ready\n", "no CDI spec in " + cdiDir, "remedy: install nvidia-container-toolkit"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.removeCDI {
+				os.Remove(filepath.Join(cdiDir, "nvidia.yaml"))
+			}
+			var out bytes.Buffer
+			if code := runDetect(context.Background(), nil, &out, fake); code != 0 {
+				t.Fatalf("exit %d", code)
+			}
+			for _, want := range tc.human {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, out.String())
+				}
+			}
+			out.Reset()
+			if code := runDetect(context.Background(), []string{"--json"}, &out, fake); code != 0 {
+				t.Fatalf("--json: exit %d", code)
+			}
+			var got struct {
+				GPU hooks.CUDAReport `json:"gpu"`
+			}
+			if err := json.Unmarshal(out.Bytes(), &got); err != nil || got.GPU.Ready != tc.ready {
+				t.Errorf("--json gpu.ready = %v (%v), want %v:\n%s", got.GPU.Ready, err, tc.ready, out.String())
+			}
+		})
 	}
 }
