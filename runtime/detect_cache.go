@@ -9,9 +9,9 @@ import (
 	"strings"
 )
 
-// profileCacheFile is where DetectCached records the profile, under the
+// ProfileCacheFile is where DetectCached records the profile, under the
 // runtime's root.
-const profileCacheFile = "host-profile.json"
+const ProfileCacheFile = "host-profile.json"
 
 // cachedProfile is the content of the cache file.
 type cachedProfile struct {
@@ -32,7 +32,7 @@ func DetectCached(ctx context.Context, root string) (*Profile, error) {
 	if err != nil {
 		return Detect(ctx)
 	}
-	path := filepath.Join(root, profileCacheFile)
+	path := filepath.Join(root, ProfileCacheFile)
 	if b, err := os.ReadFile(path); err == nil {
 		var c cachedProfile
 		if json.Unmarshal(b, &c) == nil && c.Key == key && c.Profile != nil {

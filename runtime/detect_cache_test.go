@@ -15,7 +15,7 @@ func TestDetectCached(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(root, profileCacheFile)
+	path := filepath.Join(root, ProfileCacheFile)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("no cache written: %v", err)
