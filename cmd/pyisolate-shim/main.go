@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
 )
 
 // ShimName is the binary name under which the program acts as a containerd shim.
@@ -44,6 +46,7 @@ func register(name, summary string, run func(args []string) int) {
 }
 
 func main() {
+	runtime.Mark("main")
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		containerInit() // never returns
 	}
@@ -74,8 +77,12 @@ func usage(w *os.File) {
 	sort.Strings(names)
 	var b strings.Builder
 	b.WriteString("pyisolate: run Python extensions as sandboxed OCI containers\n\nUsage: pyisolate COMMAND [ARGS...]\n\nCommands:\n")
+	width := 0
 	for _, n := range names {
-		fmt.Fprintf(&b, "  %-8s %s\n", n, commands[n].summary)
+		width = max(width, len(n))
+	}
+	for _, n := range names {
+		fmt.Fprintf(&b, "  %-*s  %s\n", width, n, commands[n].summary)
 	}
 	b.WriteString("\nStarted as " + ShimName + " the binary is a containerd shim v2.\n")
 	fmt.Fprint(w, b.String())
