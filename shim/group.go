@@ -12,6 +12,7 @@ import (
 	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
+	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
 
 // shimGroup is an isolation group as this shim holds it: the members it
@@ -45,7 +46,8 @@ func (s *service) joinGroup(ctx context.Context, name, id string, m *spec.Manife
 	}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(s.ctx))
 	go func() {
-		if err := g.Domain.Watch(wctx); err != nil && !errors.Is(err, context.Canceled) {
+		warn := func(p tensoripc.Pressure) { log.G(wctx).WithField("group", name).Warn(p.Message) }
+		if err := g.Domain.WatchPressure(wctx, warn); err != nil && !errors.Is(err, context.Canceled) {
 			log.G(wctx).WithError(err).WithField("group", name).Warn("watch group shared memory")
 		}
 	}()

@@ -116,3 +116,47 @@ func TestHumanBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchPressure: under WatchPressure, filling the group's tmpfs past
+// WarnPercent calls warn once with the owners named; more writes do not call
+// it again; emptying it and filling it again does.
+func TestWatchPressure(t *testing.T) {
+	d := newDomain(t, true, Options{Size: 4 << 20})
+	ext := startPy(t, d.Dir())
+	addMember(t, d, "ext-a", ext)
+	warnings := make(chan Pressure, 8)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.WatchPressure(ctx, func(p Pressure) { warnings <- p }) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	expect := func(want bool, what string) {
+		t.Helper()
+		select {
+		case p := <-warnings:
+			if !want {
+				t.Errorf("%s: unexpected warning %q", what, p.Message)
+			} else if !strings.Contains(p.Message, "largest owners: ext-a") {
+				t.Errorf("%s: warning %q does not name ext-a", what, p.Message)
+			}
+		case <-time.After(3 * time.Second):
+			if want {
+				t.Errorf("%s: no warning within 3 s", what)
+			}
+		}
+	}
+	ext.do(t, "create a 2097152 map") // 50 %
+	expect(false, "at 50%")
+	ext.do(t, "create b 1835008 map") // 93.75 %
+	expect(true, "at 94%")
+	ext.do(t, "create c 131072 map") // 96.9 %
+	expect(false, "still full")
+	ext.do(t, "unlink a")
+	ext.do(t, "unlink b")
+	ext.do(t, "unlink c")
+	expect(false, "emptied")
+	ext.do(t, "create d 3932160 map")
+	expect(true, "full again")
+}

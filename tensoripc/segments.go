@@ -276,6 +276,42 @@ func (d *Domain) retention(st *state) time.Duration {
 // also runs Reclaim. It returns ctx's error when ctx ends, or an error when
 // the domain directory goes away.
 func (d *Domain) Watch(ctx context.Context) error {
+	return d.WatchPressure(ctx, nil)
+}
+
+// WatchPressure is Watch that also calls warn when the group's usage reaches
+// WarnPercent of its quota (checked about once a second), and again only
+// after usage has fallen below WarnPercent-10 in between. A nil warn is
+// Watch.
+func (d *Domain) WatchPressure(ctx context.Context, warn func(Pressure)) error {
+	var warned bool
+	var lastCheck time.Time
+	checkPressure := func() {
+		if warn == nil || time.Since(lastCheck) < time.Second {
+			return
+		}
+		lastCheck = time.Now()
+		// A tmpfs says how full it is for the price of a statfs; the scan
+		// that names the owners runs only when it is full enough.
+		var fs unix.Statfs_t
+		if unix.Statfs(d.dir, &fs) == nil && fs.Type == unix.TMPFS_MAGIC && fs.Blocks > 0 {
+			if pct := 100 * float64(fs.Blocks-fs.Bfree) / float64(fs.Blocks); pct < WarnPercent {
+				if pct < WarnPercent-10 {
+					warned = false
+				}
+				return
+			}
+		}
+		p, err := d.Pressure(ctx)
+		switch {
+		case err != nil:
+		case p.Warn && !warned:
+			warned = true
+			warn(p)
+		case p.Percent < WarnPercent-10:
+			warned = false
+		}
+	}
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("watch shm group %s: inotify: %w", d.opts.Group, err)
@@ -332,6 +368,7 @@ func (d *Domain) Watch(ctx context.Context) error {
 				return err
 			}
 		}
+		checkPressure()
 		if d.opts.SweepInterval > 0 && !time.Now().Before(nextSweep) {
 			if _, err := d.Reclaim(ctx, time.Now()); err != nil {
 				return err

@@ -111,6 +111,14 @@ def serve(d):
                 m = RawMap(os.path.join(d, rest[0]))
                 held["map:" + rest[0]] = m
                 out = sha(m.bytes())
+            elif cmd == "unlink":  # unlink NAME: drop what is held of it, remove it
+                m = held.pop(rest[0], None)
+                if m is not None and hasattr(m, "_mmap"):
+                    m._mmap.close()
+                elif m is not None and hasattr(m, "close"):
+                    m.close()
+                os.unlink(os.path.join(d, rest[0]))
+                out = "unlinked"
             elif cmd == "unmap":
                 held.pop("map:" + rest[0]).close()
                 out = "unmapped"
