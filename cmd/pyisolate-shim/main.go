@@ -16,8 +16,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-
-	"github.com/pyisolate/pyisolate-oci/runtime"
 )
 
 // ShimName is the binary name under which the program acts as a containerd shim.
@@ -46,7 +44,6 @@ func register(name, summary string, run func(args []string) int) {
 }
 
 func main() {
-	runtime.Mark("main")
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		containerInit() // never returns
 	}
