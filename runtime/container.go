@@ -261,9 +261,6 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	if s == nil || s.Process == nil {
 		return nil, fmt.Errorf("create container %s: spec has no process", id)
 	}
-	if s.Process.Terminal {
-		return nil, fmt.Errorf("create container %s: process.terminal is not supported", id)
-	}
 	if len(s.Process.Args) == 0 {
 		return nil, fmt.Errorf("create container %s: process.args is empty", id)
 	}
@@ -319,12 +316,14 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	}
 	proc.Init = true
 	proc.Stdin, proc.Stdout, proc.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
-	if err := lc.Start(proc); err != nil {
+	cons, err := startWithConsole(lc.Start, proc, ls.Process)
+	if err != nil {
 		_ = lc.Destroy()
 		return nil, fmt.Errorf("create container %s: start init: %w", id, err)
 	}
 	c := &Container{rt: r, lc: lc}
 	c.init = newOwnedProcess(c, proc, 0)
+	c.init.console = cons
 	return c, nil
 }
 
@@ -617,6 +616,9 @@ var forwardedSignals = []os.Signal{
 // the container's init, and deletes the container afterwards, also on error.
 // When ctx ends the container is killed.
 func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts CreateOptions) (st ExitStatus, err error) {
+	if s != nil && s.Process != nil && s.Process.Terminal {
+		return ExitStatus{}, fmt.Errorf("run container %s: process.terminal is not supported by Run (use Create and Container.Console)", id)
+	}
 	sigc := make(chan os.Signal, 8)
 	signal.Notify(sigc, forwardedSignals...)
 	defer signal.Stop(sigc)

@@ -27,6 +27,8 @@ type Process struct {
 	lp *libcontainer.Process
 	// oomBase is the container's OOM kill count when the process started.
 	oomBase uint64
+	// console is the process's terminal (see console.go), or nil.
+	console *Console
 
 	once sync.Once
 	done chan struct{}
@@ -150,9 +152,6 @@ func (c *Container) Exec(ctx context.Context, p *specs.Process, stdio Stdio) (*P
 	if p == nil || len(p.Args) == 0 {
 		return nil, fmt.Errorf("exec in container %s: no process args", c.ID())
 	}
-	if p.Terminal {
-		return nil, fmt.Errorf("exec in container %s: process.terminal is not supported", c.ID())
-	}
 	lp, err := newProcess(p)
 	if err != nil {
 		return nil, fmt.Errorf("exec in container %s: %w", c.ID(), err)
@@ -162,10 +161,13 @@ func (c *Container) Exec(ctx context.Context, p *specs.Process, stdio Stdio) (*P
 	}
 	lp.Stdin, lp.Stdout, lp.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
 	base, _ := c.oomKills()
-	if err := c.lc.Run(lp); err != nil {
+	cons, err := startWithConsole(c.lc.Run, lp, p)
+	if err != nil {
 		return nil, fmt.Errorf("exec in container %s: %w", c.ID(), err)
 	}
-	return newOwnedProcess(c, lp, base), nil
+	pr := newOwnedProcess(c, lp, base)
+	pr.console = cons
+	return pr, nil
 }
 
 // newProcess converts an OCI process to libcontainer's, like runc does.
