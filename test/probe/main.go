@@ -23,6 +23,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -86,6 +87,9 @@ func main() {
 		case "-sleep":
 			time.Sleep(30 * time.Second)
 			os.Exit(0)
+		case "-x32":
+			fmt.Println(x32Getpid())
+			os.Exit(0)
 		}
 	}
 	// The fd check runs first, before the Go runtime's poller or os/exec
@@ -126,6 +130,7 @@ func main() {
 	checkPtracePID1()
 	checkKeyctl()
 	checkBPF()
+	checkCompatABI()
 	checkPerf()
 	checkInitModule()
 	checkFinitModule()
@@ -344,6 +349,61 @@ func checkBPF() {
 	}
 	unix.Close(int(fd))
 	report("bpf-map-create", false, "created a BPF array map (closed)")
+}
+
+// checkCompatABI makes a system call through the x32 ABI (amd64 only; the
+// i386 one needs int 0x80, which Go cannot issue): the seccomp filter must
+// refuse every ABI but the native one. It runs in a child (-x32), as the
+// filter's bad-architecture action kills the calling thread. ENOSYS means
+// the filter let the call through to a kernel without x32 support.
+func checkCompatABI() {
+	if runtime.GOARCH != "amd64" {
+		report("syscall-compat-abi", true, "not applicable on "+runtime.GOARCH)
+		return
+	}
+	out, err := exec.Command("/proc/self/exe", "-x32").Output()
+	if err != nil {
+		report("syscall-compat-abi", true, "child failed: "+err.Error())
+		return
+	}
+	res := strings.TrimSpace(string(out))
+	report("syscall-compat-abi", res == "SIGSYS" || res == "EPERM", "x32 getpid: "+res)
+}
+
+// x32Getpid calls getpid through the x32 ABI on a thread of its own and
+// says how that ended: an errno name, "ok", or SIGSYS when the thread was
+// killed (it left /proc/self/task, or is a zombie there when it was the
+// main thread).
+func x32Getpid() string {
+	tids := make(chan int, 1)
+	res := make(chan string, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread may die
+		tids <- unix.Gettid()
+		const x32SyscallBit = 0x40000000
+		_, _, e := syscall.RawSyscall(x32SyscallBit|unix.SYS_GETPID, 0, 0, 0)
+		if e != 0 {
+			res <- errno(e)
+			return
+		}
+		res <- "ok"
+	}()
+	task := fmt.Sprintf("/proc/self/task/%d", <-tids)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		select {
+		case r := <-res:
+			return r
+		case <-time.After(5 * time.Millisecond):
+		}
+		st, err := os.ReadFile(task + "/stat")
+		if errors.Is(err, os.ErrNotExist) {
+			return "SIGSYS"
+		}
+		if i := bytes.LastIndexByte(st, ')'); i >= 0 && len(st) > i+2 && (st[i+2] == 'Z' || st[i+2] == 'X') {
+			return "SIGSYS"
+		}
+	}
+	return "no answer in 5s"
 }
 
 func checkPerf() {
