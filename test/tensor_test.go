@@ -23,13 +23,13 @@ import (
 
 // tipcEnv is one test's runtime root and the bundles it wrote.
 type tipcEnv struct {
-	t     *testing.T
+	t     testing.TB
 	tools *secTools
 	root  string // --root of every pyisolate call
 	dir   string // bundles live here
 }
 
-func newTipcEnv(t *testing.T) *tipcEnv {
+func newTipcEnv(t testing.TB) *tipcEnv {
 	t.Helper()
 	tools := secSetup(t)
 	secNeedPyisolate(t, tools)
@@ -66,9 +66,18 @@ func newTipcEnv(t *testing.T) *tipcEnv {
 	return e
 }
 
+// tipcLimits are the manifest limits of bundle's extensions.
+var tipcLimits = map[string]any{"shm_size": "1Gi", "memory": "2Gi", "pids": 256}
+
 // bundle writes an extension bundle whose module is dir (bound read-only)
-// and returns its path.
+// with tipcLimits and returns its path.
 func (e *tipcEnv) bundle(name, group, module string, command []string, env map[string]string) string {
+	e.t.Helper()
+	return e.bundleLimits(name, group, module, command, env, tipcLimits)
+}
+
+// bundleLimits is bundle with the manifest's limits given.
+func (e *tipcEnv) bundleLimits(name, group, module string, command []string, env map[string]string, limits map[string]any) string {
 	e.t.Helper()
 	b := filepath.Join(e.dir, name)
 	if err := os.MkdirAll(b, 0o755); err != nil {
@@ -76,8 +85,7 @@ func (e *tipcEnv) bundle(name, group, module string, command []string, env map[s
 	}
 	writeManifest(e.t, b, map[string]any{
 		"name": name, "module_path": module, "python": "/usr/bin/python3",
-		"group": group, "command": command, "env": env,
-		"limits": map[string]any{"shm_size": "1Gi", "memory": "2Gi", "pids": 256},
+		"group": group, "command": command, "env": env, "limits": limits,
 	})
 	return b
 }
@@ -133,7 +141,7 @@ func (e *tipcEnv) start(id, bundle string, extra ...string) *tipcProc {
 }
 
 // expect waits for a stdout line starting with prefix.
-func (p *tipcProc) expect(t *testing.T, prefix string, timeout time.Duration) string {
+func (p *tipcProc) expect(t testing.TB, prefix string, timeout time.Duration) string {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -152,7 +160,7 @@ func (p *tipcProc) expect(t *testing.T, prefix string, timeout time.Duration) st
 }
 
 // wait waits for the container to exit and returns its exit code.
-func (p *tipcProc) wait(t *testing.T, timeout time.Duration) int {
+func (p *tipcProc) wait(t testing.TB, timeout time.Duration) int {
 	t.Helper()
 	select {
 	case <-p.done:
