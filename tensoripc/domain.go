@@ -1,6 +1,7 @@
 package tensoripc
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -437,7 +438,8 @@ func (d *Domain) save(st *state) error {
 }
 
 // update runs fn on the current state under the process and file locks and
-// saves the state when fn succeeds.
+// saves the state when fn succeeds and changed it (most scans and member
+// queries change nothing, and a save is a new file and a rename).
 func (d *Domain) update(ctx context.Context, fn func(st *state) error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -450,11 +452,14 @@ func (d *Domain) update(ctx context.Context, fn func(st *state) error) error {
 	if err != nil {
 		return err
 	}
+	before, _ := json.Marshal(st)
 	if err := fn(st); err != nil {
 		return err
 	}
-	if err := d.save(st); err != nil {
-		return err
+	if after, err := json.Marshal(st); err != nil || !bytes.Equal(after, before) {
+		if err := d.save(st); err != nil {
+			return err
+		}
 	}
 	d.st = st
 	return nil

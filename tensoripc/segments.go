@@ -84,14 +84,10 @@ func (d *Domain) AddMember(ctx context.Context, m Member) error {
 func (d *Domain) Members(ctx context.Context) ([]MemberStatus, error) {
 	var out []MemberStatus
 	err := d.update(ctx, func(st *state) error {
-		pt, err := readProcs(d.opts.ProcRoot)
-		if err != nil {
-			return err
-		}
 		for _, id := range sortedKeys(st.Members) {
 			m := st.Members[id]
 			out = append(out, MemberStatus{Member: Member{ID: m.ID, PID: m.PID},
-				Alive: m.Exited.IsZero() && pt.alive(m.PID, m.StartTime), Exited: m.Exited})
+				Alive: m.Exited.IsZero() && procAlive(d.opts.ProcRoot, m.PID, m.StartTime), Exited: m.Exited})
 		}
 		return nil
 	})
@@ -124,6 +120,22 @@ var torchName = regexp.MustCompile(`^torch_(\d+)_`)
 // whose process is gone are marked exited at now, new segments get an owner,
 // records of removed segments are dropped.
 func (d *Domain) scan(st *state, now time.Time) ([]Segment, error) {
+	entries, err := os.ReadDir(d.dir)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", d.dir, err)
+	}
+	if len(entries) == 0 {
+		// Nothing to attribute (a new group's first scan, or every segment
+		// removed): the members' liveness is all there is to bring up to
+		// date, without reading every process of the host.
+		for _, m := range st.Members {
+			if m.Exited.IsZero() && !procAlive(d.opts.ProcRoot, m.PID, m.StartTime) {
+				m.Exited = now
+			}
+		}
+		clear(st.Segments)
+		return nil, nil
+	}
 	pt, err := readProcs(d.opts.ProcRoot)
 	if err != nil {
 		return nil, err
@@ -151,10 +163,6 @@ func (d *Domain) scan(st *state, now time.Time) ([]Segment, error) {
 		return nil, fmt.Errorf("stat %s: %w", d.dir, err)
 	}
 	use := scanUse(d.opts.ProcRoot, d.dir, dst.Dev, pids)
-	entries, err := os.ReadDir(d.dir)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", d.dir, err)
-	}
 	var nsPIDs map[int][]int // innermost namespaced pid -> host pids, read lazily
 	resolve := func(pid int) (string, int, bool) {
 		if d.opts.ResolvePID != nil {
@@ -437,6 +445,12 @@ func readStat(root string, pid int) (procInfo, error) {
 func (pt *procTable) alive(pid int, start uint64) bool {
 	p, ok := pt.procs[pid]
 	return ok && p.start == start && p.state != 'Z' && p.state != 'X'
+}
+
+// procAlive is procTable.alive for one process, read on its own.
+func procAlive(root string, pid int, start uint64) bool {
+	p, err := readStat(root, pid)
+	return err == nil && p.start == start && p.state != 'Z' && p.state != 'X'
 }
 
 // tree returns pid and its descendants, sorted.
