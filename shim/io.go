@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/containerd/fifo"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
 )
 
 // procIO connects a container process's standard streams to what containerd
@@ -29,18 +31,24 @@ import (
 //   - empty: /dev/null.
 //
 // The process's ends are *os.File values, which the runtime hands to the
-// container as they are.
+// container as they are; for a process with a terminal the shim uses them
+// itself (attachConsole).
 type procIO struct {
 	// Stdin, Stdout and Stderr are the container's ends; nil means /dev/null.
 	Stdin, Stdout, Stderr *os.File
 
-	stdinW  io.Closer // the shim's write end of the stdin pipe
-	stdinMu sync.Mutex
+	stdinW    io.Closer // the shim's write end of the stdin pipe
+	stdinKeep io.Closer // a terminal's: the shim's own writer of the stdin fifo (console.go)
+	stdinMu   sync.Mutex
 
 	copies  sync.WaitGroup // output copying goroutines
 	closers []io.Closer    // closed by Close, after the copies
 	child   []*os.File     // the container's ends, closed by CloseChildEnds
 	logger  *exec.Cmd      // binary:// logger
+
+	// console is the process's terminal, when it has one (console.go).
+	console     *runtime.Console
+	consoleOnce sync.Once
 }
 
 // stdioPaths are the stdio requested for a process.
@@ -61,6 +69,11 @@ func newProcIO(ctx context.Context, id, ns string, p stdioPaths) (_ *procIO, err
 	if p.Stdin != "" {
 		if err := pio.openStdin(ctx, p.Stdin); err != nil {
 			return nil, err
+		}
+		if p.Terminal {
+			if err := pio.keepStdin(ctx, p.Stdin); err != nil {
+				return nil, err
+			}
 		}
 	}
 	u, err := parseStdioURI(p.Stdout)
@@ -164,7 +177,9 @@ func (pio *procIO) openStdin(ctx context.Context, path string) error {
 	go func() {
 		_, _ = io.Copy(w, in)
 		in.Close()
-		pio.CloseStdin()
+		pio.stdinMu.Lock()
+		pio.closeStdinPipe()
+		pio.stdinMu.Unlock()
 	}()
 	pio.closers = append(pio.closers, in)
 	return nil
@@ -292,10 +307,22 @@ func (pio *procIO) CloseChildEnds() {
 	pio.child = nil
 }
 
-// CloseStdin closes the process's stdin (CloseIO).
+// CloseStdin closes the process's stdin (CloseIO). For a terminal it closes
+// the shim's own writer of the stdin fifo: the input ends once the clients'
+// writers are closed too.
 func (pio *procIO) CloseStdin() {
 	pio.stdinMu.Lock()
 	defer pio.stdinMu.Unlock()
+	if pio.stdinKeep != nil {
+		pio.stdinKeep.Close()
+		pio.stdinKeep = nil
+		return
+	}
+	pio.closeStdinPipe()
+}
+
+// closeStdinPipe ends the process's input; stdinMu is held.
+func (pio *procIO) closeStdinPipe() {
 	if pio.stdinW != nil {
 		pio.stdinW.Close()
 		pio.stdinW = nil
@@ -312,9 +339,17 @@ func (pio *procIO) Wait(timeout time.Duration) {
 	}
 }
 
-// Close releases everything: fifos, the logger (which gets EOF and exits).
+// Close releases everything: the terminal, fifos, the logger (which gets EOF
+// and exits).
 func (pio *procIO) Close() {
-	pio.CloseStdin()
+	pio.stdinMu.Lock()
+	if pio.stdinKeep != nil {
+		pio.stdinKeep.Close()
+		pio.stdinKeep = nil
+	}
+	pio.closeStdinPipe()
+	pio.stdinMu.Unlock()
+	pio.closeConsole()
 	for _, c := range pio.closers {
 		c.Close()
 	}

@@ -424,8 +424,8 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}()
 	}
 	stdio := stdioPaths{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
-	if r.Terminal || sp.Process.Terminal {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: terminals (ctr run -t) are not supported yet")
+	if r.Terminal != sp.Process.Terminal {
+		return nil, errgrpc.ToGRPC(invalid("pyisolate: the request's terminal (%v) and the spec's process.terminal (%v) differ", r.Terminal, sp.Process.Terminal))
 	}
 	pio, err := newProcIO(ctx, r.ID, s.ns, stdio)
 	if err != nil {
@@ -442,6 +442,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		opts.Stderr = pio.Stderr
 	}
 	rc, err := s.rt.Create(ctx, r.ID, sp, opts)
+	if err == nil && rc.Console() != nil {
+		pio.attachConsole(rc.Console())
+	}
 	pio.CloseChildEnds()
 	if err != nil {
 		pio.Close()
@@ -484,6 +487,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 func (s *service) watchInit(c *container) {
 	st, err := c.c.Wait(context.Background())
 	exitedAt := time.Now()
+	c.init.io.shutdownConsole()
 	code := st.Code
 	if err != nil {
 		log.G(s.ctx).WithError(err).WithField("id", c.id).Error("wait for container init")
@@ -527,6 +531,7 @@ wait:
 func (s *service) watchExec(c *container, p *proc) {
 	st, err := p.rp.Wait(context.Background())
 	exitedAt := time.Now()
+	p.io.shutdownConsole()
 	code := st.Code
 	if err != nil {
 		log.G(s.ctx).WithError(err).WithField("id", c.id).WithField("exec", p.execID).Error("wait for exec process")
@@ -592,6 +597,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		stdio.Stderr = pio.Stderr
 	}
 	rp, err := c.c.Exec(ctx, p.spec, stdio)
+	if err == nil && rp.Console() != nil {
+		pio.attachConsole(rp.Console())
+	}
 	pio.CloseChildEnds()
 	if err != nil {
 		pio.Close()
@@ -682,9 +690,6 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 	if err != nil {
 		return nil, err
 	}
-	if r.Terminal {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: terminals (ctr task exec -t) are not supported yet")
-	}
 	if r.Spec == nil {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %s: no process spec", r.ExecID)
 	}
@@ -692,8 +697,8 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 	if err := json.Unmarshal(r.Spec.GetValue(), &ps); err != nil {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %s: process spec: %v", r.ExecID, err)
 	}
-	if ps.Terminal {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "pyisolate: terminals (ctr task exec -t) are not supported yet")
+	if r.Terminal != ps.Terminal {
+		return nil, errgrpc.ToGRPC(invalid("pyisolate: exec %s: the request's terminal (%v) and the spec's process.terminal (%v) differ", r.ExecID, r.Terminal, ps.Terminal))
 	}
 	// containerd builds the exec spec from the container's original process:
 	// the sandbox's dropped capabilities and no_new_privileges apply to exec
@@ -856,10 +861,16 @@ func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.getProc(r.ExecID); err != nil {
+	p, err := c.getProc(r.ExecID)
+	if err != nil {
 		return nil, err
 	}
-	// No terminals yet, so nothing to resize.
+	c.mu.Lock()
+	pio := p.io // an exec's is set when it starts
+	c.mu.Unlock()
+	if err := pio.resizeConsole(r.Width, r.Height); err != nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrUnknown, "pyisolate: %v", err)
+	}
 	return empty, nil
 }
 
