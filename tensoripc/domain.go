@@ -53,6 +53,20 @@ type Options struct {
 	ResolvePID func(pid int) (memberID string, ok bool)
 	// ProcRoot is the procfs mount to read; default "/proc".
 	ProcRoot string
+	// NoHugePages mounts the tmpfs without transparent huge pages; by
+	// default Create asks for huge=within_size where the kernel has shmem
+	// huge pages and does not deny them.
+	NoHugePages bool
+}
+
+// shmemHugePagesFile is the kernel's switch for huge pages in shmem and tmpfs.
+var shmemHugePagesFile = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+// shmemHugePages reports whether a tmpfs may be mounted with huge pages: the
+// kernel has shmem huge pages and the administrator did not deny them.
+func shmemHugePages() bool {
+	data, err := os.ReadFile(shmemHugePagesFile)
+	return err == nil && !strings.Contains(string(data), "[deny]")
 }
 
 // Domain is the shared-memory domain of one isolation group: a directory
@@ -172,7 +186,18 @@ func Create(ctx context.Context, dir string, opts Options) (*Domain, error) {
 	st := &state{Group: opts.Group, Dir: abs, Size: opts.Size, Retention: opts.Retention,
 		Created: time.Now(), Members: map[string]*memberRecord{}, Segments: map[string]*segmentRecord{}}
 	data := fmt.Sprintf("size=%d,mode=1777", opts.Size)
-	err = opts.Mount("tmpfs", abs, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, data)
+	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if !opts.NoHugePages && shmemHugePages() {
+		// Transparent huge pages for segments of 2 MiB and more: a member
+		// mapping a big tensor faults and tears down 2 MiB entries, not
+		// 512 times as many 4 KiB ones. Small segments keep small pages.
+		err = opts.Mount("tmpfs", abs, "tmpfs", flags, data+",huge=within_size")
+		if errors.Is(err, unix.EINVAL) {
+			err = opts.Mount("tmpfs", abs, "tmpfs", flags, data)
+		}
+	} else {
+		err = opts.Mount("tmpfs", abs, "tmpfs", flags, data)
+	}
 	switch {
 	case err == nil:
 		st.Mounted = true

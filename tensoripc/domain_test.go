@@ -112,7 +112,7 @@ func TestCreateFallback(t *testing.T) {
 				}
 				return tt.mountErr
 			}
-			d, err := Create(context.Background(), dir, Options{Group: "g", Size: 1 << 20, Mount: mount})
+			d, err := Create(context.Background(), dir, Options{Group: "g", Size: 1 << 20, Mount: mount, NoHugePages: true})
 			if gotData != "size=1048576,mode=1777" {
 				t.Errorf("mount data %q", gotData)
 			}
@@ -189,4 +189,74 @@ func TestUnescapeMountinfo(t *testing.T) {
 			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// TestCreateHugePages: the group's tmpfs asks for huge=within_size where the
+// kernel allows shmem huge pages, not when the kernel denies them, not with
+// NoHugePages, and falls back to small pages when the option is refused.
+func TestCreateHugePages(t *testing.T) {
+	dir := t.TempDir()
+	allowed, denied := filepath.Join(dir, "allowed"), filepath.Join(dir, "denied")
+	os.WriteFile(allowed, []byte("always within_size advise [never] deny force\n"), 0o644)
+	os.WriteFile(denied, []byte("always within_size advise never [deny] force\n"), 0o644)
+	saved := shmemHugePagesFile
+	t.Cleanup(func() { shmemHugePagesFile = saved })
+	for _, tc := range []struct {
+		name    string
+		file    string
+		opts    Options
+		refuse  bool // the fake mount refuses huge= with EINVAL
+		want    []string
+		mounted bool
+	}{
+		{name: "allowed", file: allowed, want: []string{"size=1048576,mode=1777,huge=within_size"}, mounted: true},
+		{name: "denied", file: denied, want: []string{"size=1048576,mode=1777"}, mounted: true},
+		{name: "no kernel support", file: filepath.Join(dir, "missing"), want: []string{"size=1048576,mode=1777"}, mounted: true},
+		{name: "NoHugePages", file: allowed, opts: Options{NoHugePages: true}, want: []string{"size=1048576,mode=1777"}, mounted: true},
+		{name: "option refused", file: allowed, refuse: true,
+			want: []string{"size=1048576,mode=1777,huge=within_size", "size=1048576,mode=1777"}, mounted: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			shmemHugePagesFile = tc.file
+			var got []string
+			opts := tc.opts
+			opts.Size = 1 << 20
+			opts.Mount = func(_, _, _ string, _ uintptr, data string) error {
+				got = append(got, data)
+				if tc.refuse && strings.Contains(data, "huge=") {
+					return unix.EINVAL
+				}
+				return nil // nothing mounted: the directory stays plain
+			}
+			d, err := Create(context.Background(), filepath.Join(t.TempDir(), "shm"), opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(got, " | ") != strings.Join(tc.want, " | ") {
+				t.Errorf("mount data %q, want %q", got, tc.want)
+			}
+			if d.FileBacked() == tc.mounted {
+				t.Errorf("FileBacked %v", d.FileBacked())
+			}
+		})
+	}
+	// For real, where the kernel allows it: the option is in the mount.
+	shmemHugePagesFile = saved
+	if os.Geteuid() != 0 || !shmemHugePages() {
+		t.Skip("the real mount needs root and a kernel with shmem huge pages allowed")
+	}
+	d := newDomain(t, true, Options{Size: 4 << 20})
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == d.Dir() {
+			if !strings.Contains(line, "huge=within_size") {
+				t.Errorf("tmpfs mounted without huge=within_size: %s", line)
+			}
+			return
+		}
+	}
+	t.Errorf("%s not in mountinfo", d.Dir())
 }
