@@ -23,6 +23,7 @@ import (
 	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
+	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
 
 // exitRuntime is the exit status of `run` when the runtime itself fails
@@ -179,7 +180,8 @@ func runBundle(ctx context.Context, req runRequest) int {
 		// those of exited members once their lease ends.
 		wctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		go func() { _ = g.Domain.Watch(wctx) }()
+		warn := func(p tensoripc.Pressure) { fmt.Fprintln(os.Stderr, "pyisolate: warning: "+p.Message) }
+		go func() { _ = g.Domain.WatchPressure(wctx, warn) }()
 		opts.Started = func(pid int) {
 			if err := g.Join(ctx, id, pid); err != nil {
 				fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
