@@ -312,3 +312,17 @@ func isZombie(stat []byte) bool {
 	i := bytes.LastIndexByte(stat, ')')
 	return i > 0 && len(stat) > i+2 && stat[i+2] == 'Z'
 }
+
+// TestCLIShmPressure: an extension that fills its group's /dev/shm past 90%
+// of shm_size gets one warning line from `run` naming it as the owner.
+func TestCLIShmPressure(t *testing.T) {
+	e := newE2E(t, `"shm_size": "4Mi"`)
+	fill := "import time\nf = open('/dev/shm/big', 'wb'); f.write(b'x' * (3900 << 10)); f.flush()\ntime.sleep(4)\n"
+	code, _, stderr := cli(t, "run", "--root", e.root, "--id", "clitest-shm", e.bundle, "--", "/usr/bin/python3", "-c", fill)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if n := strings.Count(stderr, "pyisolate: warning: shm group clitest:"); n != 1 || !strings.Contains(stderr, "largest owners: clitest-shm") {
+		t.Errorf("want one pressure warning naming clitest-shm, stderr:\n%s", stderr)
+	}
+}
