@@ -30,6 +30,10 @@ type bundleRequest struct {
 	ShmDir, SocketDir string
 	// Root is the runtime's state directory (the host profile is cached there).
 	Root string
+	// Manifest, when set, is the bundle's manifest as spec.LoadBundle
+	// returned it; prepareSpec then does not read and check the bundle
+	// again.
+	Manifest *spec.Manifest
 }
 
 // bundleError marks errors in the user's bundle or manifest (exit status 2),
@@ -46,9 +50,11 @@ func prepareSpec(ctx context.Context, r bundleRequest) (*specs.Spec, *spec.Manif
 	if err != nil {
 		return nil, nil, &bundleError{fmt.Errorf("bundle %q: %w", r.Bundle, err)}
 	}
-	m, _, err := spec.LoadBundle(bundle)
-	if err != nil {
-		return nil, nil, &bundleError{err}
+	m := r.Manifest
+	if m == nil {
+		if m, _, err = spec.LoadBundle(bundle); err != nil {
+			return nil, nil, &bundleError{err}
+		}
 	}
 	if m == nil {
 		return nil, nil, &bundleError{fmt.Errorf("bundle %s: no %s and no io.pyisolate.* annotations in config.json", bundle, spec.ManifestFile)}

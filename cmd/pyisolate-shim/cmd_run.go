@@ -151,7 +151,7 @@ func runBundle(ctx context.Context, req runRequest) int {
 		for _, w := range g.Domain.Warnings() {
 			fmt.Fprintln(os.Stderr, "pyisolate: warning: "+w)
 		}
-		s, err = buildSpec(ctx, r, bundle, id, req.Group, g)
+		s, err = buildSpec(ctx, r, bundle, id, req.Group, g, m)
 	}
 	if err == nil {
 		err = injectDevices(ctx, s, g, id)
@@ -264,10 +264,11 @@ func groupIPCNamespace(ctx context.Context, g *runtime.Group, id string) string 
 	return ""
 }
 
-// buildSpec builds the sandbox spec of an extension bundle in group g,
-// making the empty rootfs when the bundle has no rootfs directory.
-func buildSpec(ctx context.Context, r *runtime.Runtime, bundle, id, group string, g *runtime.Group) (*specs.Spec, error) {
-	req := bundleRequest{Bundle: bundle, ID: id, Group: group, ShmDir: g.ShmDir(), SocketDir: g.SocketDir(), Root: r.Root}
+// buildSpec builds the sandbox spec of an extension bundle with manifest m
+// (as spec.LoadBundle returned it) in group g, making the empty rootfs when
+// the bundle has no rootfs directory.
+func buildSpec(ctx context.Context, r *runtime.Runtime, bundle, id, group string, g *runtime.Group, m *spec.Manifest) (*specs.Spec, error) {
+	req := bundleRequest{Bundle: bundle, ID: id, Group: group, ShmDir: g.ShmDir(), SocketDir: g.SocketDir(), Root: r.Root, Manifest: m}
 	if fi, err := os.Stat(filepath.Join(bundle, "rootfs")); err != nil || !fi.IsDir() {
 		rootfs, err := r.EmptyRootfs(id)
 		if err != nil {
