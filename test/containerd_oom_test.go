@@ -11,7 +11,7 @@ import (
 
 // TestContainerdOOM: a task that outgrows `ctr run --memory-limit` is killed
 // by the kernel; ctr run exits 137 and containerd receives the shim's
-// /tasks/oom event for it before /tasks/exit.
+// /tasks/oom event for it before /tasks/exit, and /tasks/delete last.
 func TestContainerdOOM(t *testing.T) {
 	ctrdEach(t, func(t *testing.T, d *ctrdDaemon) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -71,8 +71,8 @@ func TestContainerdOOM(t *testing.T) {
 				exit = i
 			}
 		}
-		if oom < 0 || exit < 0 || oom > exit {
-			t.Errorf("events of hog: %v; want /tasks/oom before /tasks/exit", topics)
+		if oom < 0 || exit < 0 || oom > exit || topics[len(topics)-1] != "/tasks/delete" {
+			t.Errorf("events of hog: %v; want /tasks/oom before /tasks/exit, then /tasks/delete", topics)
 		}
 		ctrdAssertClean(t, d, "hog")
 	})
