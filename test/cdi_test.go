@@ -19,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,32 +30,14 @@ import (
 	pspec "github.com/pyisolate/pyisolate-oci/spec"
 )
 
-var (
-	cdiBinOnce sync.Once
-	cdiBin     string
-	cdiBinErr  error
-)
-
-// cdiPyisolate builds the pyisolate binary once into a temporary directory.
+// cdiPyisolate returns the pyisolate binary the sandbox tests build (one
+// per test process, in the shared test binary directory that removes those
+// of dead processes).
 func cdiPyisolate(t *testing.T) string {
 	t.Helper()
-	cdiBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "pyisolate-cdi-bin-")
-		if err != nil {
-			cdiBinErr = err
-			return
-		}
-		cdiBin = filepath.Join(dir, "pyisolate")
-		cmd := exec.Command("go", "build", "-tags", "seccomp", "-o", cdiBin, "./cmd/pyisolate-shim")
-		cmd.Dir = ".."
-		if out, err := cmd.CombinedOutput(); err != nil {
-			cdiBinErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if cdiBinErr != nil {
-		t.Fatalf("build pyisolate: %v", cdiBinErr)
-	}
-	return cdiBin
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	return tools.pyisolate
 }
 
 // cdiNeedRunc skips unless the test runs as root with runc and a static
