@@ -173,6 +173,20 @@ func (s *service) forward(ctx context.Context, publisher cdshim.Publisher) {
 	}
 }
 
+// getProcess returns container id and its process execID (the init when
+// execID is empty).
+func (s *service) getProcess(id, execID string) (*container, *proc, error) {
+	c, err := s.getContainer(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.getProc(execID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, p, nil
+}
+
 func (s *service) getContainer(id string) (*container, error) {
 	s.mu.Lock()
 	c := s.containers[id]
@@ -555,11 +569,7 @@ func (s *service) watchExec(c *container, p *proc) {
 
 // Start the container's process, or an exec process.
 func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	c, err := s.getContainer(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.getProc(r.ExecID)
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -613,11 +623,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 
 // Delete the container (after its init exited) or an exec process.
 func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
-	c, err := s.getContainer(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.getProc(r.ExecID)
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -723,11 +729,7 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 
 // State of the container's init or an exec process.
 func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
-	c, err := s.getContainer(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.getProc(r.ExecID)
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -781,11 +783,7 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 // Kill signals the init (with all, every process of the container) or an
 // exec process.
 func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
-	c, err := s.getContainer(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.getProc(r.ExecID)
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -820,11 +818,7 @@ func checkKillError(err error) error {
 
 // Wait for a process to exit.
 func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
-	c, err := s.getContainer(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.getProc(r.ExecID)
+	_, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -841,11 +835,7 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 
 // CloseIO closes a process's stdin.
 func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*emptypb.Empty, error) {
-	c, err := s.getContainer(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.getProc(r.ExecID)
+	_, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -857,11 +847,7 @@ func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*empt
 
 // ResizePty resizes a process's terminal.
 func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
-	c, err := s.getContainer(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.getProc(r.ExecID)
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
