@@ -1,6 +1,7 @@
 package hooks
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -408,4 +409,27 @@ func unsetEnv(s *specs.Spec, k string) {
 		name, _, _ := strings.Cut(e, "=")
 		return name == k
 	})
+}
+
+// InjectDevices is what a runtime does to an isolation group member's spec
+// between building it and creating the container: InjectCDI with opts, then, when the spec asks for CUDA IPC (the manifest's
+// share_cuda_ipc) and the member is in a group, CUDAIPCSettings with the
+// namespace path groupIPCNamespace returns. A nil groupIPCNamespace (no
+// group) skips CUDA IPC. IsUserError tells the caller's errors apart.
+func InjectDevices(ctx context.Context, s *specs.Spec, opts CDIOptions, groupIPCNamespace func() string) error {
+	if _, err := InjectCDI(ctx, s, opts); err != nil {
+		return err
+	}
+	if s.Annotations[pspec.AnnotationShareCUDAIPC] != "true" || groupIPCNamespace == nil {
+		return nil
+	}
+	return CUDAIPCSettings(s, groupIPCNamespace())
+}
+
+// IsUserError reports whether err (from InjectCDI or InjectDevices) is the
+// user's to fix: an unknown device or a CDI spec file that does not load.
+func IsUserError(err error) bool {
+	var unknown *UnknownDeviceError
+	var bad *SpecFileError
+	return errors.As(err, &unknown) || errors.As(err, &bad)
 }

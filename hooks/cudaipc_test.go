@@ -229,3 +229,60 @@ func TestGPUNodesUUIDFromCDIName(t *testing.T) {
 		t.Fatalf("GPUNodes = %+v", got)
 	}
 }
+
+// TestInjectDevices: CDI devices are injected for every member; CUDA IPC
+// settings (CUDA_DEVICE_ORDER) only with a group (the namespace path from the
+// group); an unknown
+// device is a user error.
+func TestInjectDevices(t *testing.T) {
+	specDir := fakeNvidia(t)
+	opts := CDIOptions{SpecDirs: []string{specDir}}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		gpus    string
+		ipcNS   func() string
+		wantIPC string
+		wantEnv bool
+		userErr bool
+	}{
+		{name: "group member joins", gpus: `"nvidia.com/gpu=0"`, ipcNS: func() string { return "/proc/1234/ns/ipc" },
+			wantIPC: "/proc/1234/ns/ipc", wantEnv: true},
+		{name: "first member of a group", gpus: `"nvidia.com/gpu=0"`, ipcNS: func() string { return "" }, wantEnv: true},
+		{name: "no group", gpus: `"nvidia.com/gpu=0"`},
+		{name: "unknown device", gpus: `"nvidia.com/gpu=7"`, ipcNS: func() string { return "" }, userErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := buildSpec(t, gpuManifest(t, tc.gpus), pspec.RestrictionSysctl)
+			err := InjectDevices(ctx, s, opts, tc.ipcNS)
+			if IsUserError(err) != tc.userErr || (err != nil) != tc.userErr {
+				t.Fatalf("InjectDevices: %v, want a user error: %v", err, tc.userErr)
+			}
+			if tc.userErr {
+				return
+			}
+			if !slices.ContainsFunc(s.Linux.Devices, func(d specs.LinuxDevice) bool { return d.Path == "/dev/nvidia0" }) {
+				t.Errorf("/dev/nvidia0 not injected")
+			}
+			if got, _ := envOf(s, EnvCUDADeviceOrder); (got == "PCI_BUS_ID") != tc.wantEnv {
+				t.Errorf("%s = %q, want set: %v", EnvCUDADeviceOrder, got, tc.wantEnv)
+			}
+			if ipc, _ := namespace(s, specs.IPCNamespace); ipc.Path != tc.wantIPC {
+				t.Errorf("ipc namespace %q, want %q", ipc.Path, tc.wantIPC)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{fmt.Errorf("x"), false},
+		{fmt.Errorf("wrapped: %w", &SpecFileError{Path: "/etc/cdi/x.yaml", Err: fmt.Errorf("bad")}), true},
+		{&UnknownDeviceError{Devices: []string{"a.com/b=c"}}, true},
+	} {
+		if got := IsUserError(tc.err); got != tc.want {
+			t.Errorf("IsUserError(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

@@ -286,3 +286,24 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 		}
 	}
 }
+
+// IPCNamespace returns the IPC namespace of a running member of g other than
+// exceptID (/proc/PID/ns/ipc), or "" when there is none yet: the first member
+// creates the namespace the others join (hooks.CUDAIPCSettings).
+func (g *Group) IPCNamespace(ctx context.Context, exceptID string) string {
+	ms, err := g.Domain.Members(ctx)
+	if err != nil {
+		return ""
+	}
+	self, _ := os.Readlink("/proc/self/ns/ipc")
+	for _, m := range ms {
+		if !m.Alive || m.ID == exceptID {
+			continue
+		}
+		p := fmt.Sprintf("/proc/%d/ns/ipc", m.PID)
+		if ns, err := os.Readlink(p); err == nil && ns != self {
+			return p
+		}
+	}
+	return ""
+}

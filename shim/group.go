@@ -3,7 +3,6 @@ package shim
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 
 	"github.com/containerd/log"
@@ -88,42 +87,19 @@ func (s *service) leaveGroup(ctx context.Context, name, id string) {
 	}
 }
 
-// injectDevices resolves the spec's CDI devices (the manifest's gpus) and,
-// for members that asked for CUDA IPC, joins the group's IPC and PID
-// namespaces, as `pyisolate run` does.
+// injectDevices runs hooks.InjectDevices for member id of g (nil for a
+// plain spec), as `pyisolate run` does; an unknown device or a broken CDI
+// spec is an invalid request.
 func injectDevices(ctx context.Context, s *specs.Spec, g *runtime.Group, id string) error {
-	if _, err := hooks.InjectCDI(ctx, s, hooks.CDIOptions{}); err != nil {
-		var unknown *hooks.UnknownDeviceError
-		var bad *hooks.SpecFileError
-		if errors.As(err, &unknown) || errors.As(err, &bad) {
-			return invalid("pyisolate: %v", err)
-		}
-		return err
+	var ipcNS func() string
+	if g != nil {
+		ipcNS = func() string { return g.IPCNamespace(ctx, id) }
 	}
-	if s.Annotations[spec.AnnotationShareCUDAIPC] != "true" || g == nil {
-		return nil
+	err := hooks.InjectDevices(ctx, s, hooks.CDIOptions{}, ipcNS)
+	if hooks.IsUserError(err) {
+		return invalid("pyisolate: %v", err)
 	}
-	return hooks.CUDAIPCSettings(s, groupIPCNamespace(ctx, g, id))
-}
-
-// groupIPCNamespace returns the IPC namespace of a running member of g other
-// than id, or "" when there is none yet (the first member creates it).
-func groupIPCNamespace(ctx context.Context, g *runtime.Group, id string) string {
-	ms, err := g.Domain.Members(ctx)
-	if err != nil {
-		return ""
-	}
-	self, _ := os.Readlink("/proc/self/ns/ipc")
-	for _, m := range ms {
-		if !m.Alive || m.ID == id {
-			continue
-		}
-		p := fmt.Sprintf("/proc/%d/ns/ipc", m.PID)
-		if ns, err := os.Readlink(p); err == nil && ns != self {
-			return p
-		}
-	}
-	return ""
+	return err
 }
 
 // endAbandonedGroups ends the groups under root whose members all died

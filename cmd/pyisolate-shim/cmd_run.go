@@ -224,44 +224,18 @@ func hardenPlain(ctx context.Context, root string, plain *specs.Spec) (*specs.Sp
 	return s, nil
 }
 
-// injectDevices resolves the spec's CDI devices (the manifest's gpus and
-// cdi.k8s.io annotations) and, for members that asked for CUDA IPC, joins the
-// group's IPC and PID namespaces and pins the GPUs. An unknown device or a
-// broken CDI spec is the user's error.
+// injectDevices runs hooks.InjectDevices for member id of g (nil for a
+// plain bundle); an unknown device or a broken CDI spec is the user's error.
 func injectDevices(ctx context.Context, s *specs.Spec, g *runtime.Group, id string) error {
-	if _, err := hooks.InjectCDI(ctx, s, hooks.CDIOptions{}); err != nil {
-		var unknown *hooks.UnknownDeviceError
-		var bad *hooks.SpecFileError
-		if errors.As(err, &unknown) || errors.As(err, &bad) {
-			return &bundleError{err}
-		}
-		return err
+	var ipcNS func() string
+	if g != nil {
+		ipcNS = func() string { return g.IPCNamespace(ctx, id) }
 	}
-	if s.Annotations[spec.AnnotationShareCUDAIPC] != "true" || g == nil {
-		return nil
+	err := hooks.InjectDevices(ctx, s, hooks.CDIOptions{}, ipcNS)
+	if hooks.IsUserError(err) {
+		return &bundleError{err}
 	}
-	return hooks.CUDAIPCSettings(s, groupIPCNamespace(ctx, g, id))
-}
-
-// groupIPCNamespace returns the IPC namespace of a running container of the
-// group other than id (/proc/PID/ns/ipc), or "" when there is none yet: the
-// first member creates the namespace the others join.
-func groupIPCNamespace(ctx context.Context, g *runtime.Group, id string) string {
-	ms, err := g.Domain.Members(ctx)
-	if err != nil {
-		return ""
-	}
-	self, _ := os.Readlink("/proc/self/ns/ipc")
-	for _, m := range ms {
-		if !m.Alive || m.ID == id {
-			continue
-		}
-		p := fmt.Sprintf("/proc/%d/ns/ipc", m.PID)
-		if ns, err := os.Readlink(p); err == nil && ns != self {
-			return p
-		}
-	}
-	return ""
+	return err
 }
 
 // buildSpec builds the sandbox spec of an extension bundle with manifest m
