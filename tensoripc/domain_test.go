@@ -183,14 +183,6 @@ func TestDefaultSize(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/tab\011`: "/tab\t", `/x\`: `/x\`} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // TestCreateHugePages: the group's tmpfs asks for huge=within_size where the
 // kernel allows shmem huge pages, not when the kernel denies them, not with
 // NoHugePages, and falls back to small pages when the option is refused.
