@@ -1,6 +1,7 @@
 package tensoripc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -361,19 +362,29 @@ func (d *Domain) WatchPressure(ctx context.Context, warn func(Pressure)) error {
 			return fmt.Errorf("watch shm group %s: read inotify: %w", d.opts.Group, err)
 		}
 		if n > 0 {
-			gone := false
+			gone, scan := false, false
 			for off := 0; off+unix.SizeofInotifyEvent <= n; {
 				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
 				if ev.Mask&(unix.IN_IGNORED|unix.IN_UNMOUNT|unix.IN_DELETE_SELF) != 0 {
 					gone = true
+				}
+				// A member closing a segment it wrote (every hand-off
+				// that maps one read-write) needs no scan once the
+				// segment's owner is known: only new, moved or removed
+				// files, and files still unattributed, do.
+				name := string(bytes.TrimRight(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)], "\x00"))
+				if ev.Mask&^unix.IN_CLOSE_WRITE != 0 || !d.attributed(name) {
+					scan = true
 				}
 				off += unix.SizeofInotifyEvent + int(ev.Len)
 			}
 			if gone {
 				return fmt.Errorf("watch shm group %s: %s was removed or unmounted", d.opts.Group, d.dir)
 			}
-			if _, err := d.Segments(ctx); err != nil {
-				return err
+			if scan {
+				if _, err := d.Segments(ctx); err != nil {
+					return err
+				}
 			}
 		}
 		checkPressure()
@@ -384,6 +395,18 @@ func (d *Domain) WatchPressure(ctx context.Context, warn func(Pressure)) error {
 			nextSweep = time.Now().Add(d.opts.SweepInterval)
 		}
 	}
+}
+
+// attributed reports whether the last state this process loaded or saved
+// records segment name with a known owner.
+func (d *Domain) attributed(name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.st == nil {
+		return false
+	}
+	r := d.st.Segments[name]
+	return r != nil && r.Owner != OwnerUnknown
 }
 
 // procInfo is what a scan needs from /proc/<pid>/stat.
