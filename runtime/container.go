@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -38,9 +39,10 @@ const DefaultCgroupParent = "/pyisolate"
 const SeccompEnabled = seccomp.Enabled
 
 // isReservedID reports whether name is a directory of the state root that
-// is not a container: the empty root filesystems and the isolation groups.
+// is not a container: the empty root filesystems, the isolation groups and
+// the id reservations.
 func isReservedID(name string) bool {
-	return name == rootfsDir || name == groupsDir
+	return name == rootfsDir || name == groupsDir || name == locksDir
 }
 
 // errNoDevices says that the binary lacks libcontainer's device cgroup
@@ -88,6 +90,12 @@ type CreateOptions struct {
 	// container's init once the user process runs (to register it with its
 	// isolation group).
 	Started func(initPID int)
+	// DieWithParent makes the kernel kill the container's init (and with it
+	// every process of its PID namespace) with SIGKILL when the process that
+	// called Run dies, as bwrap's --die-with-parent does. Only Run honours
+	// it: it keeps the OS thread that forked the init alive until the
+	// container exits (the parent-death signal follows that thread).
+	DieWithParent bool
 }
 
 // Stdio are the standard streams of a process run by Exec. *os.File values
@@ -299,6 +307,9 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	// Process rlimits apply to the init; keep them in the config as well so
 	// that processes started by Exec get the same ones by default.
 	cfg.Rlimits = proc.Rlimits
+	if opts.DieWithParent {
+		cfg.ParentDeathSignal = int(unix.SIGKILL)
+	}
 	if cgroups.DevicesSetV1 == nil && !cfg.Cgroups.SkipDevices {
 		return nil, fmt.Errorf("create container %s: %w", id, errNoDevices)
 	}
@@ -316,7 +327,11 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	}
 	proc.Init = true
 	proc.Stdin, proc.Stdout, proc.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
-	cons, err := startWithConsole(lc.Start, proc, ls.Process)
+	var cons *Console
+	err = withInitArgv0(opts.DieWithParent, func() (err error) {
+		cons, err = startWithConsole(lc.Start, proc, ls.Process)
+		return err
+	})
 	if err != nil {
 		_ = lc.Destroy()
 		return nil, fmt.Errorf("create container %s: start init: %w", id, err)
@@ -583,6 +598,7 @@ func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 	if err := checkID(id); err != nil {
 		return fmt.Errorf("delete container: %w", err)
 	}
+	defer r.dropStaleLock(id)
 	c, err := r.Load(id)
 	if err == nil {
 		return c.Delete(ctx, force)
@@ -618,6 +634,13 @@ var forwardedSignals = []os.Signal{
 func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts CreateOptions) (st ExitStatus, err error) {
 	if s != nil && s.Process != nil && s.Process.Terminal {
 		return ExitStatus{}, fmt.Errorf("run container %s: process.terminal is not supported by Run (use Create and Container.Console)", id)
+	}
+	if opts.DieWithParent {
+		// The container's init is killed when the thread that forked it
+		// exits: keep this goroutine on one OS thread, which Go then neither
+		// ends nor lends to another goroutine, until the container is gone.
+		goruntime.LockOSThread()
+		defer goruntime.UnlockOSThread()
 	}
 	sigc := make(chan os.Signal, 8)
 	signal.Notify(sigc, forwardedSignals...)

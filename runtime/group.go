@@ -307,3 +307,23 @@ func (g *Group) IPCNamespace(ctx context.Context, exceptID string) string {
 	}
 	return ""
 }
+
+// ReleaseGroupMember removes member id from group name under root and ends
+// the group when none of its members is alive (their runtimes died without
+// leaving), so its shared memory is not left mounted. A group that no longer
+// exists is not an error.
+func ReleaseGroupMember(ctx context.Context, root, name, id string) error {
+	g, err := LoadGroup(root, name)
+	if err != nil {
+		if _, serr := os.Stat(GroupDir(root, name)); errors.Is(serr, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	ended, err := g.Leave(ctx, id)
+	if err != nil || ended {
+		return err
+	}
+	_, err = g.EndIfAbandoned(ctx)
+	return err
+}

@@ -73,7 +73,9 @@ type container struct {
 	// group is the isolation group of a manifest container ("" for a
 	// plain one).
 	group string
-	c     *runtime.Container
+	// res holds the container's id (runtime.Runtime.Lock) until Delete.
+	res *runtime.Reservation
+	c   *runtime.Container
 	// mu orders events: Start and Exec-start hold it while they publish,
 	// the exit watchers take it before they publish an exit.
 	mu    sync.Mutex
@@ -402,10 +404,25 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 
+	// The id is taken on disk before anything is made for it: a live process
+	// sharing this state root (another shim, or a `pyisolate run`) that holds
+	// it is refused without touching its container.
+	res, _, err := s.rt.Lock(r.ID, runtime.OwnerShim)
+	if err != nil {
+		if errors.Is(err, runtime.ErrIDInUse) {
+			return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "pyisolate: %v", err)
+		}
+		return nil, errgrpc.ToGRPC(err)
+	}
+	defer func() {
+		if retErr != nil {
+			res.Release()
+		}
+	}()
 	if err := removeStale(ctx, s.rt, r.ID); err != nil {
 		return nil, err
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, execs: map[string]*proc{}}
+	c := &container{id: r.ID, bundle: r.Bundle, execs: map[string]*proc{}, res: res}
 	if len(r.Rootfs) > 0 {
 		rootfs := filepath.Join(r.Bundle, "rootfs")
 		if err := os.MkdirAll(rootfs, 0o711); err != nil {
@@ -664,6 +681,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if c.group != "" {
 		s.leaveGroup(ctx, c.group, c.id)
 	}
+	c.res.Release()
 	s.mu.Lock()
 	delete(s.containers, r.ID)
 	s.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -131,6 +132,17 @@ func runBundle(ctx context.Context, req runRequest) int {
 		id = newID(name)
 	}
 	r := &runtime.Runtime{Root: req.Root}
+	// Containers of runs that died are deleted first, then the id is
+	// reserved before anything is made for it: a busy id fails here, and
+	// nothing of the container that holds it is touched.
+	if _, err := r.ReclaimOrphans(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
+	}
+	res, err := r.Reserve(ctx, id, runtime.OwnerRun)
+	if err != nil {
+		return fail(exitRuntime, "run: %v", err)
+	}
+	defer res.Release() // last: after the container is deleted and the group left
 	var s *specs.Spec
 	var g *runtime.Group
 	if m == nil {
@@ -174,7 +186,9 @@ func runBundle(ctx context.Context, req runRequest) int {
 		}
 		s.Process.Args = req.Command
 	}
-	opts := runtime.CreateOptions{Bundle: bundle, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	// The extension dies with its runner, as under bwrap --die-with-parent;
+	// what it leaves is reclaimed by the next run, ps or delete.
+	opts := runtime.CreateOptions{Bundle: bundle, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, DieWithParent: true}
 	if g != nil {
 		// Attribute segments to the container while it runs, and reclaim
 		// those of exited members once their lease ends.
@@ -297,7 +311,11 @@ func psMain(args []string) int {
 	if fs.NArg() > 0 {
 		return usageError(fs, "unexpected argument %q", fs.Arg(0))
 	}
-	list, err := (&runtime.Runtime{Root: *root}).List()
+	r := &runtime.Runtime{Root: *root}
+	if _, err := r.ReclaimOrphans(context.Background()); err != nil {
+		fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
+	}
+	list, err := r.List()
 	if err != nil {
 		return fail(1, "ps: %v", err)
 	}
@@ -388,6 +406,13 @@ func deleteMain(args []string) int {
 	ctx := context.Background()
 	r := &runtime.Runtime{Root: *root}
 	id := fs.Arg(0)
+	reclaimed, err := r.ReclaimOrphans(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
+	}
+	if slices.Contains(reclaimed, id) {
+		return 0 // its runner died: deleted with everything it held
+	}
 	group := containerGroup(r, id)
 	if err := r.Delete(ctx, id, *force); err != nil {
 		return fail(1, "delete: %v", err)
@@ -396,7 +421,7 @@ func deleteMain(args []string) int {
 		// The `run` that would have left the group is gone (killed, or the
 		// container was detached from it): leave for it, and end the group
 		// when no member is alive, so its shared memory is not left mounted.
-		if err := releaseGroup(ctx, *root, group, id); err != nil {
+		if err := runtime.ReleaseGroupMember(ctx, *root, group, id); err != nil {
 			return fail(1, "delete: %v", err)
 		}
 	}
@@ -414,22 +439,4 @@ func containerGroup(r *runtime.Runtime, id string) string {
 		return ""
 	}
 	return st.Annotations[spec.AnnotationGroup]
-}
-
-// releaseGroup removes member id from group and ends the group when none of
-// its members is alive. A group already ended is not an error.
-func releaseGroup(ctx context.Context, root, group, id string) error {
-	g, err := runtime.LoadGroup(root, group)
-	if err != nil {
-		if _, serr := os.Stat(runtime.GroupDir(root, group)); errors.Is(serr, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	ended, err := g.Leave(ctx, id)
-	if err != nil || ended {
-		return err
-	}
-	_, err = g.EndIfAbandoned(ctx)
-	return err
 }

@@ -1,0 +1,189 @@
+package test
+
+// Tests of the outside security review's findings (issue 10) that need real
+// containers: a busy container id, a runner killed with SIGKILL.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// revStartRun starts `pyisolate run` of fx.bundle as id with cmd, its stdout
+// piped, and waits until the container printed "ready". The run is killed
+// and its container deleted when the test ends.
+func revStartRun(t *testing.T, tools *secTools, fx *secFixture, id string, cmd ...string) (*exec.Cmd, *bufio.Reader) {
+	t.Helper()
+	argv := []string{"run", "--root", fx.root, "--id", id, fx.bundle, "--"}
+	c := exec.Command(tools.pyisolate, append(argv, cmd...)...)
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	out, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.Process.Kill()
+		_, _ = c.Process.Wait()
+		secExec(30*time.Second, nil, nil, tools.pyisolate, "delete", "--root", fx.root, "--force", id)
+	})
+	r := bufio.NewReader(out)
+	line := make(chan string, 1)
+	go func() {
+		l, _ := r.ReadString('\n')
+		line <- l
+	}()
+	select {
+	case l := <-line:
+		if strings.TrimSpace(l) != "ready" {
+			t.Fatalf("first line of the container: %q, want ready; stderr:\n%s", l, stderr.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("container %s did not start in 60 s; stderr:\n%s", id, stderr.String())
+	}
+	return c, r
+}
+
+// revInitPID returns the host pid of container id's init from `pyisolate ps`.
+func revInitPID(t *testing.T, tools *secTools, root, id string) int {
+	t.Helper()
+	res := secExec(30*time.Second, nil, nil, tools.pyisolate, "ps", "--root", root, "--json")
+	if res.code != 0 {
+		t.Fatalf("ps: %s", res)
+	}
+	var list []struct {
+		ID      string `json:"id"`
+		InitPID int    `json:"pid"`
+		Status  string `json:"status"`
+	}
+	if err := json.Unmarshal(res.stdout, &list); err != nil {
+		t.Fatalf("ps --json: %v\n%s", err, res.stdout)
+	}
+	for _, c := range list {
+		if c.ID == id {
+			return c.InitPID
+		}
+	}
+	t.Fatalf("container %s not in ps: %s", id, res.stdout)
+	return 0
+}
+
+// A second `run` with the id of a running container fails before it does
+// anything: the first keeps its root filesystem, its group and the data in
+// the group's shared memory, and runs on to a normal exit.
+func TestReviewIDReuse(t *testing.T) {
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	fx := newSecFixture(t, tools)
+	writeManifest(t, fx.bundle, fx.secManifest(nil))
+	id := secID("reuse")
+	first, _ := revStartRun(t, tools, fx, id,
+		"/bin/sh", "-c", "trap 'exit 0' TERM; echo kept >/dev/shm/keep; echo ready; sleep 300 & wait")
+
+	shmFile := filepath.Join(fx.root, "groups", "secprobe", "shm", "keep")
+	mountpoint := filepath.Join(fx.root, "rootfs", id, "usr")
+	for _, p := range []string{shmFile, mountpoint} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("before the second run: %v", err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		res := secRunPyisolate(tools, fx, id, 60*time.Second, "/bin/true")
+		if res.code != 125 || !strings.Contains(string(res.stderr), "in use") {
+			t.Errorf("second run with the busy id %s: want exit 125 saying the id is in use, got %s", id, res)
+		}
+	}
+	for _, p := range []string{shmFile, mountpoint} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("the second run damaged the first container: %v", err)
+		}
+	}
+	if pid := revInitPID(t, tools, fx.root, id); pid <= 0 {
+		t.Errorf("the first container is no longer running (init pid %d)", pid)
+	}
+	// The first container still sees its /usr and the group's data.
+	pid := revInitPID(t, tools, fx.root, id)
+	if b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "root", "dev", "shm", "keep")); err != nil || string(b) != "kept\n" {
+		t.Errorf("the first container's /dev/shm/keep: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid), "root", "usr", "bin", "env")); err != nil {
+		t.Errorf("the first container's /usr: %v", err)
+	}
+	// It ends normally: the run forwards SIGTERM to its init.
+	if err := first.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- first.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("the first run after SIGTERM: %v (want exit 0)", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first run did not end after SIGTERM")
+	}
+	secCheckNoLeaks(t, fx.root, fx.base, id)
+}
+
+// `pyisolate run` killed with SIGKILL takes its container with it, as bwrap
+// --die-with-parent does: a reader of the run's output gets EOF at once,
+// the container's processes are gone, and the next ps reclaims its state.
+func TestReviewDieWithParent(t *testing.T) {
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	fx := newSecFixture(t, tools)
+	writeManifest(t, fx.bundle, fx.secManifest(nil))
+	id := secID("orphan")
+	run, out := revStartRun(t, tools, fx, id, "/bin/sh", "-c", "echo ready; sleep 300 & sleep 300; wait")
+	pid := revInitPID(t, tools, fx.root, id)
+	if err := run.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = run.Process.Wait()
+
+	eof := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, out)
+		eof <- err
+	}()
+	select {
+	case <-eof:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the run's stdout did not reach EOF within 15 s of its SIGKILL: the container outlived its runner")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if err := syscall.Kill(pid, 0); err == syscall.ESRCH {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the container's init (pid %d) still runs 10 s after its runner was killed", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The next ps reclaims what the dead run left.
+	res := secExec(30*time.Second, nil, nil, tools.pyisolate, "ps", "--root", fx.root)
+	if res.code != 0 || strings.Contains(string(res.stdout), id) {
+		t.Fatalf("ps after the runner died: want the orphan reclaimed, got %s", res)
+	}
+	secCheckNoLeaks(t, fx.root, fx.base, id)
+	// And its id is free again.
+	if res := secRunPyisolate(tools, fx, id, 60*time.Second, "/bin/true"); res.code != 0 {
+		t.Fatalf("run with the reclaimed id: %s", res)
+	}
+	secCheckNoLeaks(t, fx.root, fx.base, id)
+}
