@@ -14,6 +14,7 @@ import (
 	"sync"
 	"syscall"
 
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
@@ -21,6 +22,8 @@ import (
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
 // DefaultRoot is the state directory used when Runtime.Root is empty. Every
@@ -39,10 +42,10 @@ const DefaultCgroupParent = "/pyisolate"
 const SeccompEnabled = seccomp.Enabled
 
 // isReservedID reports whether name is a directory of the state root that
-// is not a container: the empty root filesystems, the isolation groups and
-// the id reservations.
+// is not a container: the empty root filesystems, the isolation groups, the
+// id reservations and the staged bind sources.
 func isReservedID(name string) bool {
-	return name == rootfsDir || name == groupsDir || name == locksDir
+	return name == rootfsDir || name == groupsDir || name == locksDir || name == bindsDir
 }
 
 // errNoDevices says that the binary lacks libcontainer's device cgroup
@@ -96,6 +99,13 @@ type CreateOptions struct {
 	// it: it keeps the OS thread that forked the init alive until the
 	// container exits (the parent-death signal follows that thread).
 	DieWithParent bool
+	// PinSources lists bind mount sources (absolute, symlink-free paths that
+	// the caller checked) that must be bound as the very objects checked:
+	// see pin.go. Those a spec built by spec.Build records
+	// (spec.PinnedPaths) are pinned too. Running as root, a rootfs that the
+	// container's root (a user namespace's unprivileged host uid) may be
+	// unable to walk to is pinned as well.
+	PinSources []string
 }
 
 // Stdio are the standard streams of a process run by Exec. *os.File values
@@ -208,6 +218,9 @@ func (r *Runtime) EmptyRootfs(id string) (string, error) {
 		if !errors.Is(err, os.ErrExist) {
 			return "", fmt.Errorf("create empty rootfs: %w", err)
 		}
+		if err := unmountUnder(p); err != nil {
+			return "", fmt.Errorf("empty rootfs %s: %w", p, err)
+		}
 		if err := removeEmptyTree(p, false); err != nil {
 			return "", fmt.Errorf("empty rootfs %s exists and is not empty: %w", p, err)
 		}
@@ -254,6 +267,7 @@ func (r *Runtime) Create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	}
 	c, err := r.create(ctx, id, s, opts)
 	if err != nil && checkID(id) == nil {
+		_ = r.removeBinds(id)
 		_ = r.removeRootfs(id)
 	}
 	return c, err
@@ -284,6 +298,24 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
+	if err := r.ensureRoot(); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
+	empty := ls.Root.Path == r.emptyRootfsPath(id)
+	pinRootfs := os.Geteuid() == 0 && !empty && hasUserNamespace(ls)
+	pins := append(spec.PinnedPaths(ls), opts.PinSources...)
+	if os.Geteuid() != 0 {
+		pins = nil
+	}
+	var pin *pinned
+	if len(pins) > 0 || pinRootfs {
+		// Without root, open_tree cannot clone a mount: nothing is pinned,
+		// and the user can only bind what it may read anyway.
+		if pin, err = r.pinSources(id, ls, pins, pinRootfs); err != nil {
+			return nil, fmt.Errorf("create container %s: %w", id, err)
+		}
+		defer r.unpin(id, pin) // once the init has made its mounts, or on error
+	}
 	if !opts.Systemd && ls.Linux != nil && ls.Linux.CgroupsPath == "" {
 		ls.Linux.CgroupsPath = DefaultCgroupParent + "/" + id
 	}
@@ -313,10 +345,7 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	if cgroups.DevicesSetV1 == nil && !cfg.Cgroups.SkipDevices {
 		return nil, fmt.Errorf("create container %s: %w", id, errNoDevices)
 	}
-	if err := r.ensureRoot(); err != nil {
-		return nil, fmt.Errorf("create container %s: %w", id, err)
-	}
-	if cfg.Rootfs == r.emptyRootfsPath(id) {
+	if empty || pinRootfs {
 		if err := makeMountpoints(cfg.Rootfs, cfg.Mounts); err != nil {
 			return nil, fmt.Errorf("create container %s: %w", id, err)
 		}
@@ -380,13 +409,21 @@ func absSpec(s *specs.Spec, bundle string) (*specs.Spec, error) {
 	return &ls, nil
 }
 
-// makeMountpoints creates, as host root, the mount points of mounts in an
-// empty rootfs made by EmptyRootfs: a directory, or an empty file for a bind
-// of a file. Inside a user namespace the container's root cannot write to a
-// directory owned by host root, so libcontainer could not make them itself.
-// Destinations below another mount are left to libcontainer (they live in
-// that mount).
+// makeMountpoints creates, as host root, the missing mount points of mounts
+// in rootfs: a directory, or an empty file for a bind of a file. It is used
+// for an empty rootfs made by EmptyRootfs and for a staged bundle rootfs
+// (pin.go): inside a user namespace the container's root cannot write to
+// directories owned by host root, so libcontainer could not make them
+// itself. Every path is created beneath rootfs without following symlinks out
+// of it (pathrs-lite), so a bundle's rootfs cannot turn this into a write
+// elsewhere on the host. Destinations below another mount are left to
+// libcontainer (they live in that mount).
 func makeMountpoints(rootfs string, mounts []*configs.Mount) error {
+	root, err := os.OpenFile(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open rootfs: %w", err)
+	}
+	defer root.Close()
 	var done []string
 	for _, m := range mounts {
 		dst := filepath.Clean("/" + m.Destination)
@@ -394,7 +431,6 @@ func makeMountpoints(rootfs string, mounts []*configs.Mount) error {
 			continue
 		}
 		done = append(done, dst)
-		p := filepath.Join(rootfs, dst)
 		isFile := false
 		if m.IsBind() {
 			if st, err := os.Stat(m.Source); err == nil && !st.IsDir() {
@@ -402,19 +438,25 @@ func makeMountpoints(rootfs string, mounts []*configs.Mount) error {
 			}
 		}
 		if !isFile {
-			if err := os.MkdirAll(p, 0o755); err != nil {
+			d, err := pathrs.MkdirAllHandle(root, dst, 0o755)
+			if err != nil {
 				return fmt.Errorf("create mount point %s: %w", dst, err)
 			}
+			d.Close()
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return fmt.Errorf("create mount point %s: %w", dst, err)
-		}
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_RDONLY, 0o644)
+		dir, err := pathrs.MkdirAllHandle(root, filepath.Dir(dst), 0o755)
 		if err != nil {
 			return fmt.Errorf("create mount point %s: %w", dst, err)
 		}
-		f.Close()
+		fd, err := unix.Openat(int(dir.Fd()), filepath.Base(dst), unix.O_CREAT|unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+		dir.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.EISDIR) {
+			return fmt.Errorf("create mount point %s: %w", dst, err)
+		}
+		if err == nil {
+			unix.Close(fd)
+		}
 	}
 	return nil
 }
@@ -571,6 +613,9 @@ func (c *Container) delete(ctx context.Context, force bool) error {
 	if err := c.lc.Destroy(); err != nil {
 		return err
 	}
+	if err := c.rt.removeBinds(c.ID()); err != nil {
+		return err
+	}
 	return c.rt.removeRootfs(c.ID())
 }
 
@@ -614,6 +659,9 @@ func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 		return fmt.Errorf("delete container %s: %w", id, os.ErrNotExist)
 	}
 	if err := os.RemoveAll(stateDir); err != nil {
+		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	if err := r.removeBinds(id); err != nil {
 		return fmt.Errorf("delete container %s: %w", id, err)
 	}
 	if err := r.removeRootfs(id); err != nil {
@@ -683,4 +731,17 @@ func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts Create
 		}
 	}
 	return c.init.Wait(context.WithoutCancel(ctx))
+}
+
+// hasUserNamespace reports whether s asks for a new user namespace.
+func hasUserNamespace(s *specs.Spec) bool {
+	if s.Linux == nil {
+		return false
+	}
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.UserNamespace && ns.Path == "" {
+			return true
+		}
+	}
+	return false
 }

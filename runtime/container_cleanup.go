@@ -21,13 +21,15 @@ import (
 // detached first.
 func (r *Runtime) removeRootfs(id string) error {
 	p := r.emptyRootfsPath(id)
-	err := removeEmptyTree(p, true)
-	if errors.Is(err, unix.EBUSY) {
-		if uerr := unmountUnder(p); uerr != nil {
-			return fmt.Errorf("remove rootfs %s: %w", p, uerr)
-		}
-		err = removeEmptyTree(p, true)
+	if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+		return nil
 	}
+	// Detach first: a bundle's rootfs staged here (pin.go) must never be
+	// walked and emptied.
+	if err := unmountUnder(p); err != nil {
+		return fmt.Errorf("remove rootfs %s: %w", p, err)
+	}
+	err := removeEmptyTree(p, true)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove rootfs %s: %w", p, err)
 	}

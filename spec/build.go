@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -40,6 +41,10 @@ const (
 	AnnotationCDIDevices = "cdi.k8s.io/pyisolate-gpus"
 	// AnnotationShareCUDAIPC marks a member that asked for CUDA IPC.
 	AnnotationShareCUDAIPC = "io.pyisolate.out.share-cuda-ipc"
+	// AnnotationUserPaths lists, as a JSON array, the bind sources that the
+	// manifest named (UserPaths): the runtime binds them as the objects that
+	// were checked, never by name again (see PinnedPaths).
+	AnnotationUserPaths = "io.pyisolate.out.user-paths"
 )
 
 // Default ID mapping: container ids 0..65535 map to host ids starting here.
@@ -179,6 +184,9 @@ func Build(m *Manifest, h Host, o Options) (*specs.Spec, error) {
 	}
 	if m.ShareCUDAIPC {
 		s.Annotations[AnnotationShareCUDAIPC] = "true"
+	}
+	if b, err := json.Marshal(UserPaths(m)); err == nil {
+		s.Annotations[AnnotationUserPaths] = string(b)
 	}
 	if len(b.drop) > 0 {
 		names := make([]string, len(b.drop))
@@ -367,6 +375,33 @@ func (b *builder) mounts() []specs.Mount {
 		bind(p, roBind)
 	}
 	return ms
+}
+
+// UserPaths returns the host paths of m that a user, not the host, controls
+// and that Build may bind: the interpreter's prefix, the venv, the module and
+// the writable and read-only paths. They were checked by name (CheckPaths);
+// the runtime binds them as the very objects checked
+// (runtime.CreateOptions.PinSources pins the binds whose source is listed).
+func UserPaths(m *Manifest) []string {
+	var ps []string
+	if prefix := pythonPrefix(m.python()); prefix != "" && prefix != "/" {
+		ps = append(ps, prefix)
+	}
+	if m.Venv != "" {
+		ps = append(ps, m.Venv)
+	}
+	ps = append(ps, m.ModulePath)
+	ps = append(ps, m.Sandbox.WritablePaths...)
+	return append(ps, m.Sandbox.ReadonlyPaths...)
+}
+
+// PinnedPaths returns the paths recorded in s's AnnotationUserPaths, or nil.
+func PinnedPaths(s *specs.Spec) []string {
+	var ps []string
+	if v := s.Annotations[AnnotationUserPaths]; v != "" {
+		_ = json.Unmarshal([]byte(v), &ps)
+	}
+	return ps
 }
 
 // pythonPrefix returns the installation prefix of an interpreter path

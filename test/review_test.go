@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // revStartRun starts `pyisolate run` of fx.bundle as id with cmd, its stdout
@@ -184,6 +187,145 @@ func TestReviewDieWithParent(t *testing.T) {
 	// And its id is free again.
 	if res := secRunPyisolate(tools, fx, id, 60*time.Second, "/bin/true"); res.code != 0 {
 		t.Fatalf("run with the reclaimed id: %s", res)
+	}
+	secCheckNoLeaks(t, fx.root, fx.base, id)
+}
+
+// The review's symlink race: while runs start, a loop swaps the module
+// directory and a writable path with symlinks to /etc (renameat2
+// RENAME_EXCHANGE). A run may fail, but none may bind host /etc: each bind
+// source is opened once without following symlinks and bound from there.
+func TestReviewSymlinkSwapRace(t *testing.T) {
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	fx := newSecFixture(t, tools)
+	runs := 300
+	if testing.Short() {
+		runs = 40
+	}
+	race := filepath.Join(fx.base, "race")
+	mod := filepath.Join(race, "mod")
+	w := filepath.Join(race, "w")
+	for _, d := range []string{race, mod, w} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	modLink := filepath.Join(race, "mod-link")
+	wLink := filepath.Join(race, "w-link")
+	for _, l := range []string{modLink, wLink} {
+		if err := os.Symlink("/etc", l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := fx.secManifest(nil)
+	m["module_path"] = mod
+	m["sandbox"] = map[string]any{"writable_paths": []string{w}}
+	writeManifest(t, fx.bundle, m)
+
+	stop := make(chan struct{})
+	swapped := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { swapped <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, pair := range [][2]string{{mod, modLink}, {w, wLink}} {
+				// Swap, then swap back, leaving the real directory in
+				// place most of the time (as the review's loop did).
+				if unix.Renameat2(unix.AT_FDCWD, pair[0], unix.AT_FDCWD, pair[1], unix.RENAME_EXCHANGE) == nil {
+					n++
+					_ = unix.Renameat2(unix.AT_FDCWD, pair[0], unix.AT_FDCWD, pair[1], unix.RENAME_EXCHANGE)
+				}
+			}
+		}
+	}()
+	check := fmt.Sprintf("for p in %s %s; do test -e $p/passwd && echo LEAK $p; done; true", mod, w)
+	leaks, ok, refused := 0, 0, 0
+	for i := 0; i < runs; i++ {
+		id := secID("race")
+		res := secRunPyisolate(tools, fx, id, 60*time.Second, "/bin/sh", "-c", check)
+		switch {
+		case res.code < 0:
+			t.Fatalf("run %d: %s", i, res)
+		case strings.Contains(string(res.stdout), "LEAK"):
+			leaks++
+			t.Errorf("run %d bound host /etc: %s", i, res.stdout)
+		case res.code == 0:
+			ok++
+		default:
+			refused++
+		}
+	}
+	close(stop)
+	n := <-swapped
+	t.Logf("%d runs: %d ran, %d refused (a symlink in a checked path), %d bound /etc; %d swaps", runs, ok, refused, leaks, n)
+	if ok == 0 {
+		t.Errorf("no run succeeded: the race test exercised nothing")
+	}
+	// Restore the directories for the leak check and clean-up.
+	for _, pair := range [][2]string{{mod, modLink}, {w, wLink}} {
+		if st, err := os.Lstat(pair[0]); err == nil && st.Mode()&os.ModeSymlink != 0 {
+			_ = unix.Renameat2(unix.AT_FDCWD, pair[0], unix.AT_FDCWD, pair[1], unix.RENAME_EXCHANGE)
+		}
+	}
+}
+
+// An extension bundle with a rootfs of its own, owned by root and lying under
+// a 0700 directory (any mktemp -d), runs: the sandbox's root, an unprivileged
+// host uid, need not walk the path (the runtime stages the rootfs), and the
+// runtime makes the mount points libcontainer could not.
+func TestReviewRootfsUnderPrivateDir(t *testing.T) {
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	fx := newSecFixture(t, tools)
+	private, err := os.MkdirTemp(fx.base, "private-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(private, "bundle")
+	rootfs := filepath.Join(bundle, "rootfs")
+	if err := os.MkdirAll(rootfs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A file of the image, and an escape attempt: a symlink where a mount
+	// point must be made must not make the runtime write outside the rootfs.
+	if err := os.WriteFile(filepath.Join(rootfs, "image-file"), []byte("from the image\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	outside := filepath.Join(fx.base, "outside")
+	if err := os.Mkdir(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeManifest(t, bundle, fx.secManifest(nil))
+	id := secID("private")
+	argv := []string{tools.pyisolate, "run", "--root", fx.root, "--id", id, bundle, "--", "/bin/cat", "/image-file"}
+	res := secExec(60*time.Second, nil, nil, argv...)
+	if res.code != 0 || string(res.stdout) != "from the image\n" {
+		t.Fatalf("run of a bundle under a 0700 directory: %s", res)
+	}
+	secCheckNoLeaks(t, fx.root, fx.base, id)
+
+	// The image's /lib64 is now a symlink out of the rootfs: the run may
+	// fail, but nothing may be created through it.
+	_ = os.RemoveAll(filepath.Join(rootfs, "lib64"))
+	if err := os.Symlink(outside, filepath.Join(rootfs, "lib64")); err != nil {
+		t.Fatal(err)
+	}
+	id = secID("private")
+	argv = []string{tools.pyisolate, "run", "--root", fx.root, "--id", id, bundle, "--", "/bin/true"}
+	if res := secExec(60*time.Second, nil, nil, argv...); res.code < 0 {
+		t.Fatalf("run with a symlinked mount point: %s", res)
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Errorf("the runtime wrote through the rootfs's /lib64 symlink: %v", ents)
 	}
 	secCheckNoLeaks(t, fx.root, fx.base, id)
 }

@@ -499,7 +499,7 @@ var secBwrapCred = &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{
 // ---- leak checks ----
 
 // secCheckNoLeaks fails t when anything of container id is left: state
-// under root (beyond the empty reserved rootfs/, groups/ and locks/ directories),
+// under root (beyond the empty reserved rootfs/, groups/, locks/ and binds/ directories),
 // mounts naming root or the fixture's base directory, cgroup directories
 // named id, or processes whose command line names id or base.
 func secCheckNoLeaks(t testing.TB, root, base, id string) {
@@ -522,7 +522,7 @@ func secLeaks(root, base, id string) []string {
 			if e.Name() == "host-profile.json" && e.Type().IsRegular() {
 				continue // the runtime's cache of host detection, not a container's
 			}
-			if (e.Name() == "rootfs" || e.Name() == "groups" || e.Name() == "locks") && e.IsDir() {
+			if (e.Name() == "rootfs" || e.Name() == "groups" || e.Name() == "locks" || e.Name() == "binds") && e.IsDir() {
 				if sub, _ := os.ReadDir(p); len(sub) == 0 {
 					continue
 				}
