@@ -9,8 +9,10 @@ import (
 	"sort"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
 
@@ -18,7 +20,7 @@ import (
 //
 //	shm/        the group's tmpfs, bound at /dev/shm in every member
 //	shm.state/  the shared-memory domain's records (owners, leases)
-//	sock/       the group's socket directory, bound at /run/pyisolate
+//	sock/       the group's socket directory (a small tmpfs), bound at /run/pyisolate
 //	lock        flock serialising join and leave across processes
 const (
 	groupsDir     = "groups"
@@ -71,7 +73,10 @@ func OpenGroup(ctx context.Context, root, name, id string, pid int, opts GroupOp
 		return nil, fmt.Errorf("group %q: %w", name, err)
 	}
 	g := &Group{Name: name, Dir: GroupDir(root, name)}
-	if err := os.MkdirAll(g.Dir, 0o711); err != nil {
+	if err := os.MkdirAll(g.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("group %s: %w", name, err)
+	}
+	if err := restrictGroupDir(g.Dir); err != nil {
 		return nil, fmt.Errorf("group %s: %w", name, err)
 	}
 	unlock, err := lockFile(ctx, filepath.Join(g.Dir, groupLockFile))
@@ -101,15 +106,55 @@ func OpenGroup(ctx context.Context, root, name, id string, pid int, opts GroupOp
 	if err := g.Join(ctx, id, pid); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(g.SocketDir(), 0o755); err != nil {
-		return nil, fmt.Errorf("group %s: socket dir: %w", name, err)
-	}
-	// Members run under mapped or unprivileged ids: anyone in the group may
-	// create sockets; only group members see the directory at all.
-	if err := os.Chmod(g.SocketDir(), 0o777|os.ModeSticky); err != nil {
+	if err := mountSocketDir(g.SocketDir()); err != nil {
 		return nil, fmt.Errorf("group %s: socket dir: %w", name, err)
 	}
 	return g, nil
+}
+
+// Limits of a group's socket directory, a tmpfs of its own: sockets take no
+// space, and what members write there beside them (torch's manager
+// directory, small files) must not reach the host's disk unbounded.
+const (
+	// SocketDirSize is the size of the socket directory's tmpfs.
+	SocketDirSize = 64 << 20
+	// socketDirInodes caps the files and directories in it.
+	socketDirInodes = 16384
+)
+
+// restrictGroupDir makes a group's directory reachable by root and by the
+// containers' mapped ids only (owner root, group spec.DefaultIDMapBase, mode
+// 0710): no other host user can plant files in, read or fill the group's
+// shared memory and sockets. Without root it is the caller's, mode 0700.
+func restrictGroupDir(dir string) error {
+	if os.Geteuid() == 0 {
+		if err := os.Chown(dir, 0, spec.DefaultIDMapBase); err != nil {
+			return err
+		}
+		return os.Chmod(dir, 0o710)
+	}
+	return os.Chmod(dir, 0o700)
+}
+
+// mountSocketDir makes dir the group's socket directory: a size-limited
+// tmpfs mounted nosuid, nodev and noexec, writable by every member (mode
+// 1777). A tmpfs already there is kept. Without root (no tmpfs can be
+// mounted) it is a plain directory.
+func mountSocketDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if mounted, err := mountinfo.Mounted(dir); err != nil || mounted {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return os.Chmod(dir, 0o777|os.ModeSticky)
+	}
+	data := fmt.Sprintf("size=%d,nr_inodes=%d,mode=1777", SocketDirSize, socketDirInodes)
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, data); err != nil {
+		return &os.PathError{Op: "mount tmpfs", Path: dir, Err: err}
+	}
+	return nil
 }
 
 // Join registers a member (a container id and the host pid of its init, or a
@@ -185,6 +230,10 @@ func (g *Group) Destroy(ctx context.Context) error {
 func (g *Group) destroyLocked(ctx context.Context) error {
 	if err := g.Domain.Destroy(ctx); err != nil {
 		return fmt.Errorf("group %s: %w", g.Name, err)
+	}
+	if err := unix.Unmount(g.SocketDir(), unix.MNT_DETACH); err != nil &&
+		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("group %s: unmount sockets: %w", g.Name, err)
 	}
 	if err := os.RemoveAll(g.SocketDir()); err != nil {
 		return fmt.Errorf("group %s: remove sockets: %w", g.Name, err)

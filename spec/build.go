@@ -366,7 +366,7 @@ func (b *builder) mounts() []specs.Mount {
 		add(ShmMount, "tmpfs", "shm", "nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%d", size))
 	}
 	if o.SocketDir != "" {
-		add(SocketMount, "bind", o.SocketDir, rwBind...)
+		add(SocketMount, "bind", o.SocketDir, "rbind", "rw", "nosuid", "nodev", "noexec")
 	}
 	for _, p := range m.Sandbox.WritablePaths {
 		bind(p, rwBind)

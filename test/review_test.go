@@ -329,3 +329,70 @@ func TestReviewRootfsUnderPrivateDir(t *testing.T) {
 	}
 	secCheckNoLeaks(t, fx.root, fx.base, id)
 }
+
+// The group's socket directory is a small tmpfs mounted nosuid, nodev and
+// noexec: an extension can neither fill the host's disk through it nor plant
+// a setuid program there, and no other host user can reach the group's
+// directories.
+func TestReviewGroupDir(t *testing.T) {
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	fx := newSecFixture(t, tools)
+	writeManifest(t, fx.bundle, fx.secManifest(nil))
+	id := secID("groupdir")
+	script := `trap 'exit 0' TERM
+dd if=/dev/zero of=/run/pyisolate/big bs=1M count=200 2>/dev/null; echo dd=$?
+echo size=$(wc -c </run/pyisolate/big); rm -f /run/pyisolate/big
+cp /bin/true /run/pyisolate/t; /run/pyisolate/t 2>/dev/null; echo exec=$?
+grep ' /run/pyisolate ' /proc/self/mountinfo | cut -d' ' -f6
+echo ready; sleep 300 & wait`
+	_, out := revStartRun(t, tools, fx, id, "/bin/sh", "-c", "echo ready; "+script)
+	var lines []string
+	for {
+		l, err := out.ReadString('\n')
+		if err != nil {
+			t.Fatalf("container output ended early: %q", lines)
+		}
+		l = strings.TrimSpace(l)
+		if l == "ready" {
+			break
+		}
+		lines = append(lines, l)
+	}
+	got := strings.Join(lines, "\n")
+	if !strings.Contains(got, "dd=1") {
+		t.Errorf("writing 200 MiB to /run/pyisolate did not fail: %q", got)
+	}
+	for _, l := range lines {
+		if size, ok := strings.CutPrefix(l, "size="); ok {
+			if n, _ := strconv.Atoi(size); n > 64<<20 {
+				t.Errorf("/run/pyisolate took %d bytes, more than its 64 MiB", n)
+			}
+		}
+	}
+	if !strings.Contains(got, "exec=126") {
+		t.Errorf("a program copied to /run/pyisolate ran (want exit 126, noexec): %q", got)
+	}
+	opts := lines[len(lines)-1]
+	for _, o := range []string{"nosuid", "nodev", "noexec"} {
+		if !strings.Contains(opts, o) {
+			t.Errorf("/run/pyisolate mount options %q lack %s", opts, o)
+		}
+	}
+	// On the host: a tmpfs, and nothing for other users.
+	gdir := filepath.Join(fx.root, "groups", "secprobe")
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(filepath.Join(gdir, "sock"), &st); err != nil || st.Type != 0x01021994 {
+		t.Errorf("the socket directory is not a tmpfs (statfs type %#x, %v)", st.Type, err)
+	}
+	if fi, err := os.Stat(gdir); err != nil || fi.Mode().Perm()&0o007 != 0 {
+		t.Errorf("group directory %s: mode %v (%v), want no access for others", gdir, fi.Mode(), err)
+	}
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	for _, sub := range []string{"sock", "shm"} {
+		res := secExec(10*time.Second, nobody, nil, "/bin/sh", "-c", "ls "+filepath.Join(gdir, sub)+" && touch "+filepath.Join(gdir, sub, "planted"))
+		if res.code == 0 {
+			t.Errorf("host user nobody reached the group's %s: %s", sub, res)
+		}
+	}
+}
