@@ -203,13 +203,45 @@ func TestReviewSymlinkSwapRace(t *testing.T) {
 	if testing.Short() {
 		runs = 40
 	}
-	race := filepath.Join(fx.base, "race")
+	r := revSwapRace(t, tools, fx, runs)
+	t.Log(r)
+	for _, l := range r.leaks {
+		t.Errorf("a run bound host /etc: %s", l)
+	}
+	if r.ok == 0 {
+		t.Errorf("no run succeeded: the race test exercised nothing")
+	}
+}
+
+// revRace is the outcome of revSwapRace.
+type revRace struct {
+	runs, ok, refused, swaps int
+	leaks                    []string
+}
+
+func (r revRace) String() string {
+	return fmt.Sprintf("%d runs against a symlink swap loop (%d swaps): %d ran, %d refused, %d bound host /etc",
+		r.runs, r.swaps, r.ok, r.refused, len(r.leaks))
+}
+
+// revSwapRace runs fx's bundle runs times while a loop swaps its module and
+// writable path with symlinks to /etc, and reports whether any run saw
+// /etc's passwd at either path.
+func revSwapRace(t testing.TB, tools *secTools, fx *secFixture, runs int) revRace {
+	t.Helper()
+	race, err := os.MkdirTemp(fx.base, "race-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	mod := filepath.Join(race, "mod")
 	w := filepath.Join(race, "w")
-	for _, d := range []string{race, mod, w} {
+	for _, d := range []string{mod, w} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := os.Chmod(race, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	modLink := filepath.Join(race, "mod-link")
 	wLink := filepath.Join(race, "w-link")
@@ -218,10 +250,14 @@ func TestReviewSymlinkSwapRace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	bundle := filepath.Join(race, "bundle")
+	if err := os.Mkdir(bundle, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	m := fx.secManifest(nil)
 	m["module_path"] = mod
 	m["sandbox"] = map[string]any{"writable_paths": []string{w}}
-	writeManifest(t, fx.bundle, m)
+	writeManifest(t, bundle, m)
 
 	stop := make(chan struct{})
 	swapped := make(chan int, 1)
@@ -245,34 +281,32 @@ func TestReviewSymlinkSwapRace(t *testing.T) {
 		}
 	}()
 	check := fmt.Sprintf("for p in %s %s; do test -e $p/passwd && echo LEAK $p; done; true", mod, w)
-	leaks, ok, refused := 0, 0, 0
+	r := revRace{runs: runs}
 	for i := 0; i < runs; i++ {
-		id := secID("race")
-		res := secRunPyisolate(tools, fx, id, 60*time.Second, "/bin/sh", "-c", check)
+		argv := []string{tools.pyisolate, "run", "--root", fx.root, "--id", secID("race"), bundle, "--", "/bin/sh", "-c", check}
+		res := secExec(60*time.Second, nil, nil, argv...)
 		switch {
 		case res.code < 0:
+			close(stop)
+			<-swapped
 			t.Fatalf("run %d: %s", i, res)
 		case strings.Contains(string(res.stdout), "LEAK"):
-			leaks++
-			t.Errorf("run %d bound host /etc: %s", i, res.stdout)
+			r.leaks = append(r.leaks, fmt.Sprintf("run %d: %s", i, strings.TrimSpace(string(res.stdout))))
 		case res.code == 0:
-			ok++
+			r.ok++
 		default:
-			refused++
+			r.refused++
 		}
 	}
 	close(stop)
-	n := <-swapped
-	t.Logf("%d runs: %d ran, %d refused (a symlink in a checked path), %d bound /etc; %d swaps", runs, ok, refused, leaks, n)
-	if ok == 0 {
-		t.Errorf("no run succeeded: the race test exercised nothing")
-	}
-	// Restore the directories for the leak check and clean-up.
+	r.swaps = <-swapped
+	// Put the directories back for the clean-up.
 	for _, pair := range [][2]string{{mod, modLink}, {w, wLink}} {
 		if st, err := os.Lstat(pair[0]); err == nil && st.Mode()&os.ModeSymlink != 0 {
 			_ = unix.Renameat2(unix.AT_FDCWD, pair[0], unix.AT_FDCWD, pair[1], unix.RENAME_EXCHANGE)
 		}
 	}
+	return r
 }
 
 // An extension bundle with a rootfs of its own, owned by root and lying under
@@ -338,61 +372,163 @@ func TestReviewGroupDir(t *testing.T) {
 	tools := secSetup(t)
 	secNeedPyisolate(t, tools)
 	fx := newSecFixture(t, tools)
-	writeManifest(t, fx.bundle, fx.secManifest(nil))
-	id := secID("groupdir")
+	for _, p := range revGroupDirProblems(t, tools, fx) {
+		t.Error(p)
+	}
+}
+
+// revGroupDirProblems runs an extension of group secprobe that writes 200
+// MiB to /run/pyisolate and runs a program copied there, then checks the
+// group's directories from the host as user nobody. It returns what is
+// wrong, nil when the channel is closed.
+func revGroupDirProblems(t testing.TB, tools *secTools, fx *secFixture) []string {
+	t.Helper()
+	bundle, err := os.MkdirTemp(fx.base, "groupdir-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(bundle, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeManifest(t, bundle, fx.secManifest(nil))
 	script := `trap 'exit 0' TERM
 dd if=/dev/zero of=/run/pyisolate/big bs=1M count=200 2>/dev/null; echo dd=$?
 echo size=$(wc -c </run/pyisolate/big); rm -f /run/pyisolate/big
 cp /bin/true /run/pyisolate/t; /run/pyisolate/t 2>/dev/null; echo exec=$?
 grep ' /run/pyisolate ' /proc/self/mountinfo | cut -d' ' -f6
 echo ready; sleep 300 & wait`
-	_, out := revStartRun(t, tools, fx, id, "/bin/sh", "-c", "echo ready; "+script)
-	var lines []string
-	for {
-		l, err := out.ReadString('\n')
-		if err != nil {
-			t.Fatalf("container output ended early: %q", lines)
-		}
-		l = strings.TrimSpace(l)
-		if l == "ready" {
-			break
-		}
-		lines = append(lines, l)
+	id := secID("groupdir")
+	argv := []string{tools.pyisolate, "run", "--root", fx.root, "--id", id, bundle, "--", "/bin/sh", "-c", script}
+	c := exec.Command(argv[0], argv[1:]...)
+	out, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	got := strings.Join(lines, "\n")
-	if !strings.Contains(got, "dd=1") {
-		t.Errorf("writing 200 MiB to /run/pyisolate did not fail: %q", got)
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = c.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = c.Process.Kill()
+			<-done
+		}
+	}()
+	rd := bufio.NewReader(out)
+	var lines []string
+	got := make(chan error, 1)
+	go func() {
+		for {
+			l, err := rd.ReadString('\n')
+			if err != nil {
+				got <- err
+				return
+			}
+			if l = strings.TrimSpace(l); l == "ready" {
+				got <- nil
+				return
+			}
+			lines = append(lines, l)
+		}
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			return []string{fmt.Sprintf("the extension's output ended early: %q", lines)}
+		}
+	case <-time.After(60 * time.Second):
+		return []string{"the extension did not get ready in 60 s"}
+	}
+	var problems []string
+	all := strings.Join(lines, "\n")
+	if !strings.Contains(all, "dd=1") {
+		problems = append(problems, fmt.Sprintf("writing 200 MiB to /run/pyisolate did not fail: %q", all))
 	}
 	for _, l := range lines {
 		if size, ok := strings.CutPrefix(l, "size="); ok {
 			if n, _ := strconv.Atoi(size); n > 64<<20 {
-				t.Errorf("/run/pyisolate took %d bytes, more than its 64 MiB", n)
+				problems = append(problems, fmt.Sprintf("/run/pyisolate took %d bytes, more than its 64 MiB", n))
 			}
 		}
 	}
-	if !strings.Contains(got, "exec=126") {
-		t.Errorf("a program copied to /run/pyisolate ran (want exit 126, noexec): %q", got)
+	if !strings.Contains(all, "exec=126") {
+		problems = append(problems, fmt.Sprintf("a program copied to /run/pyisolate ran (want exit 126, noexec): %q", all))
 	}
-	opts := lines[len(lines)-1]
-	for _, o := range []string{"nosuid", "nodev", "noexec"} {
-		if !strings.Contains(opts, o) {
-			t.Errorf("/run/pyisolate mount options %q lack %s", opts, o)
+	if len(lines) > 0 {
+		opts := lines[len(lines)-1]
+		for _, o := range []string{"nosuid", "nodev", "noexec"} {
+			if !strings.Contains(opts, o) {
+				problems = append(problems, fmt.Sprintf("/run/pyisolate mount options %q lack %s", opts, o))
+			}
 		}
 	}
-	// On the host: a tmpfs, and nothing for other users.
 	gdir := filepath.Join(fx.root, "groups", "secprobe")
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(filepath.Join(gdir, "sock"), &st); err != nil || st.Type != 0x01021994 {
-		t.Errorf("the socket directory is not a tmpfs (statfs type %#x, %v)", st.Type, err)
+		problems = append(problems, fmt.Sprintf("the socket directory is not a tmpfs (statfs type %#x, %v)", st.Type, err))
 	}
 	if fi, err := os.Stat(gdir); err != nil || fi.Mode().Perm()&0o007 != 0 {
-		t.Errorf("group directory %s: mode %v (%v), want no access for others", gdir, fi.Mode(), err)
+		problems = append(problems, fmt.Sprintf("group directory %s: mode %v (%v), want no access for others", gdir, fi.Mode(), err))
 	}
 	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
 	for _, sub := range []string{"sock", "shm"} {
 		res := secExec(10*time.Second, nobody, nil, "/bin/sh", "-c", "ls "+filepath.Join(gdir, sub)+" && touch "+filepath.Join(gdir, sub, "planted"))
 		if res.code == 0 {
-			t.Errorf("host user nobody reached the group's %s: %s", sub, res)
+			problems = append(problems, fmt.Sprintf("host user nobody reached the group's %s", sub))
 		}
 	}
+	return problems
+}
+
+// revFIFOProblem gives `pyisolate spec` and `run` a bundle whose
+// pyisolate.json is a FIFO nobody writes: both must refuse it (exit 2) at
+// once instead of blocking. It returns what is wrong, or "".
+func revFIFOProblem(t testing.TB, tools *secTools, fx *secFixture) string {
+	t.Helper()
+	bundle, err := os.MkdirTemp(fx.base, "fifo-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(filepath.Join(bundle, "pyisolate.json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, argv := range [][]string{
+		{tools.pyisolate, "spec", "--root", fx.root, "--bundle", bundle},
+		{tools.pyisolate, "run", "--root", fx.root, bundle},
+	} {
+		res := secExec(15*time.Second, nil, nil, argv...)
+		if res.code != 2 {
+			return fmt.Sprintf("%s of a bundle whose pyisolate.json is a FIFO: exit %d (%v) %s",
+				argv[1], res.code, res.err, secFirstLine(string(res.stderr)))
+		}
+	}
+	return ""
+}
+
+// secRuntimeChecks are the report's attacks on the runtime rather than from
+// inside a sandbox: the symlink race, the group directory as a host write
+// and setuid channel, a FIFO as a bundle file. Each is "" when blocked.
+func secRuntimeChecks(t testing.TB, tools *secTools, fx *secFixture) []secRuntimeCheck {
+	race := revSwapRace(t, tools, fx, 60)
+	raceDetail := ""
+	if len(race.leaks) > 0 {
+		raceDetail = race.String()
+	}
+	return []secRuntimeCheck{
+		{"symlink-swap-race", raceDetail, race.String()},
+		{"group-dir-channel", strings.Join(revGroupDirProblems(t, tools, fx), "; "),
+			"/run/pyisolate: 64 MiB tmpfs, nosuid,nodev,noexec; group dir root:100000 0710"},
+		{"fifo-bundle-file", revFIFOProblem(t, tools, fx), "a FIFO pyisolate.json is refused with exit 2"},
+	}
+}
+
+// secRuntimeCheck is one attack on the runtime itself.
+type secRuntimeCheck struct {
+	name    string
+	problem string // "" when blocked
+	summary string
 }

@@ -334,6 +334,20 @@ func TestSecurityReport(t *testing.T) {
 	}
 
 	report := secFormatReport(order, cols)
+	var rtChecks []secRuntimeCheck
+	if tools.pyisolate != "" {
+		rtChecks = secRuntimeChecks(t, tools, fx)
+		var b strings.Builder
+		fmt.Fprintf(&b, "\nAttacks on the runtime (pyisolate only):\n")
+		for _, c := range rtChecks {
+			state, detail := "BLOCKED", c.summary
+			if c.problem != "" {
+				state, detail = "open", c.problem
+			}
+			fmt.Fprintf(&b, "  %-8s %-20s %s\n", state, c.name, detail)
+		}
+		report += b.String()
+	}
 	if tools.note != "" {
 		report = "note: " + tools.note + "\n" + report
 	}
@@ -365,6 +379,11 @@ func TestSecurityReport(t *testing.T) {
 	for _, name := range order {
 		if p, ok := py.results[name]; ok && !p.Blocked {
 			t.Errorf("pyisolate: %s is NOT blocked: %s", name, p.Detail)
+		}
+	}
+	for _, c := range rtChecks {
+		if c.problem != "" {
+			t.Errorf("pyisolate: %s is NOT blocked: %s", c.name, c.problem)
 		}
 	}
 }
