@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -1061,7 +1062,9 @@ const MaxConfigSize = 16 << 20
 // config.json is decoded strictly as JSON (syntax errors name the file, the
 // line, the column and the offset; trailing data is an error) but, as the OCI runtime
 // spec requires, unknown properties are ignored. pyisolate.json must be a
-// regular file, not a symlink.
+// regular file, not a symlink; config.json a regular file or a symlink to
+// one. A FIFO, socket, device or directory under either name is refused
+// without blocking (see readBundleFile).
 //
 // A manifest found is checked with CheckPaths against this bundle, so its
 // path fields hold resolved paths on return.
@@ -1151,19 +1154,36 @@ func describeJSONError(data []byte, err error) error {
 
 // readBundleFile reads a regular file of a bundle, at most limit bytes.
 // followLinks says whether the file may be a symlink. A missing file gives
-// an error matching fs.ErrNotExist.
+// an error matching fs.ErrNotExist. Anything but a regular file (a FIFO, a
+// device, a socket, a directory) is refused, judged on the opened
+// descriptor: the file is opened non-blocking, so that opening a FIFO
+// without a writer cannot hang, and without following a final symlink when
+// followLinks is false, so that nothing can be swapped in between a check
+// and the open.
 func readBundleFile(file string, limit int64, followLinks bool) ([]byte, error) {
+	flags := os.O_RDONLY | syscall.O_NONBLOCK | syscall.O_CLOEXEC
 	if !followLinks {
-		fi, err := os.Lstat(file)
-		if err != nil {
+		flags |= syscall.O_NOFOLLOW
+	}
+	f, err := os.OpenFile(file, flags, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil, err
 		}
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			return nil, fmt.Errorf("%s: must be a regular file, not a symlink", file)
+		// Say why when the open failed on what the file is: a symlink
+		// (ELOOP) or a socket (ENXIO).
+		stat := os.Stat
+		if !followLinks {
+			stat = os.Lstat
 		}
-	}
-	f, err := os.Open(file)
-	if err != nil {
+		if fi, serr := stat(file); serr == nil {
+			switch {
+			case fi.Mode()&fs.ModeSymlink != 0:
+				return nil, fmt.Errorf("%s: must be a regular file, not a symlink", file)
+			case !fi.Mode().IsRegular():
+				return nil, fmt.Errorf("%s: not a regular file (it is %s): must be a regular file", file, fileKind(fi.Mode()))
+			}
+		}
 		return nil, err
 	}
 	defer f.Close()
@@ -1172,7 +1192,7 @@ func readBundleFile(file string, limit int64, followLinks bool) ([]byte, error) 
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", file)
+		return nil, fmt.Errorf("%s: not a regular file (it is %s): must be a regular file", file, fileKind(fi.Mode()))
 	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
@@ -1182,4 +1202,23 @@ func readBundleFile(file string, limit int64, followLinks bool) ([]byte, error) 
 		return nil, fmt.Errorf("%s: larger than %d bytes", file, limit)
 	}
 	return data, nil
+}
+
+// fileKind names the type of a file that is not a regular one.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	}
+	return "not a regular file"
 }

@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // doc returns a minimal valid manifest with extra members appended.
@@ -824,6 +827,56 @@ func TestLoadBundle(t *testing.T) {
 			t.Fatalf("error %v", err)
 		}
 	})
+}
+
+// TestLoadBundleNonRegular: a FIFO, a socket, a device or a directory named
+// pyisolate.json or config.json is refused at once, naming the file and the
+// rule; before, opening a FIFO without a writer hung forever.
+func TestLoadBundleNonRegular(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		file string
+		make func(p string) error
+		want string
+	}{
+		{"fifo manifest", ManifestFile, func(p string) error { return syscall.Mkfifo(p, 0o644) }, "it is a FIFO"},
+		{"fifo config", ConfigFile, func(p string) error { return syscall.Mkfifo(p, 0o644) }, "it is a FIFO"},
+		{"directory config", ConfigFile, func(p string) error { return os.Mkdir(p, 0o755) }, "it is a directory"},
+		{"device config (symlink to /dev/null)", ConfigFile, func(p string) error { return os.Symlink("/dev/null", p) }, "it is a character device"},
+		{"socket manifest", ManifestFile, func(p string) error {
+			l, err := net.Listen("unix", p)
+			if err == nil {
+				t.Cleanup(func() { l.Close() })
+			}
+			return err
+		}, "it is a socket"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, tt.file)
+			if err := tt.make(p); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, _, err := LoadBundle(dir)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), p+": not a regular file") ||
+					!strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+					t.Errorf("error %v; want one line naming %s and %q", err, p, tt.want)
+				}
+			case <-time.After(5 * time.Second):
+				// Unblock the hung open so that the test can end.
+				if w, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+					w.Close()
+				}
+				t.Fatalf("LoadBundle hangs on %s", tt.name)
+			}
+		})
+	}
 }
 
 // TestREADMEExample decodes the complete example of README.md, so that the

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -142,6 +144,44 @@ func TestCLIUsageErrors(t *testing.T) {
 				t.Errorf("stderr has more than one line: %q", stderr)
 			}
 		})
+	}
+}
+
+// TestCLINonRegularBundleFiles: a FIFO named pyisolate.json or config.json
+// makes spec and run exit 2 at once with one line naming the file, instead
+// of hanging in open(2).
+func TestCLINonRegularBundleFiles(t *testing.T) {
+	for _, file := range []string{"pyisolate.json", "config.json"} {
+		bundle := t.TempDir()
+		fifo := filepath.Join(bundle, file)
+		if err := unix.Mkfifo(fifo, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{
+			{"spec", "--root", t.TempDir(), "--bundle", bundle},
+			{"run", "--root", t.TempDir(), bundle},
+		} {
+			t.Run(args[0]+" "+file, func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				cmd := exec.CommandContext(ctx, os.Args[0], args...)
+				cmd.Env = append(os.Environ(), cliEnv+"=1")
+				var stderr bytes.Buffer
+				cmd.Stderr = &stderr
+				err := cmd.Run()
+				if ctx.Err() != nil {
+					t.Fatalf("pyisolate %s hangs on a FIFO %s", args[0], file)
+				}
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != exitUsage {
+					t.Fatalf("exit %v, stderr %q; want %d", err, stderr.String(), exitUsage)
+				}
+				line := strings.TrimSpace(stderr.String())
+				if strings.Contains(line, "\n") || !strings.Contains(line, fifo+": not a regular file (it is a FIFO)") {
+					t.Errorf("stderr %q: want one line naming %s and the rule", line, fifo)
+				}
+			})
+		}
 	}
 }
 
