@@ -43,24 +43,34 @@ func newFlagSet(name, usage string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fs.SetOutput(os.Stdout)
 		fmt.Fprintf(os.Stdout, "Usage: pyisolate %s %s\n", name, usage)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+		printDefaults(fs)
 	}
 	return fs
 }
 
+// printDefaults prints the flags of fs on stdout.
+func printDefaults(fs *flag.FlagSet) {
+	fs.SetOutput(os.Stdout)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
 // parseFlags parses args into fs. It returns -1 to go on, or the exit status:
-// 0 after -h (usage on stdout), exitUsage after a bad flag (one line on
-// stderr).
+// 0 after -h or --help (the usage once, on stdout), exitUsage after a bad
+// flag (one line on stderr, no usage).
 func parseFlags(fs *flag.FlagSet, args []string) int {
+	// The flag package calls Usage itself on -h and on every error; the
+	// usage is printed here instead, once, and only when asked for.
+	usage := fs.Usage
+	fs.Usage = func() {}
 	err := fs.Parse(args)
+	fs.Usage = usage
 	switch {
 	case err == nil:
 		return -1
 	case errors.Is(err, flag.ErrHelp):
-		fs.Usage()
+		usage()
 		return 0
 	}
 	return fail(exitUsage, "%s: %v (see 'pyisolate %s -h')", fs.Name(), err, fs.Name())

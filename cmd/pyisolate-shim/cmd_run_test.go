@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -142,6 +143,41 @@ func TestCLIUsageErrors(t *testing.T) {
 			}
 			if strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 				t.Errorf("stderr has more than one line: %q", stderr)
+			}
+		})
+	}
+}
+
+// TestCLIHelpOnce: -h and --help of every verb and subcommand print the
+// usage exactly once, on stdout, and exit 0; a bad flag prints one line on
+// stderr and no usage. `run --help` used to print its usage twice.
+func TestCLIHelpOnce(t *testing.T) {
+	verbs := [][]string{{"shm", "ls"}, {"shm", "gc"}, {"shm", "path"}, {"hook", "cdi"}, {"hook", "shm"}}
+	for name := range commands {
+		verbs = append(verbs, []string{name})
+	}
+	for _, verb := range verbs {
+		for _, help := range []string{"-h", "--help"} {
+			args := append(slices.Clone(verb), help)
+			t.Run(strings.Join(args, " "), func(t *testing.T) {
+				code, stdout, stderr := cli(t, args...)
+				if code != 0 || stderr != "" {
+					t.Errorf("exit %d, stderr %q; want 0 and nothing", code, stderr)
+				}
+				if n := strings.Count(stdout, "Usage: pyisolate "+verb[0]); n != 1 {
+					t.Errorf("usage printed %d times:\n%s", n, stdout)
+				}
+			})
+		}
+		if verb[0] == "shm" && len(verb) == 1 || verb[0] == "hook" && len(verb) == 1 {
+			continue // no flags of their own: a flag is an unknown subcommand
+		}
+		args := append(slices.Clone(verb), "--no-such-flag")
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			code, stdout, stderr := cli(t, args...)
+			if code != exitUsage || stdout != "" || strings.Count(strings.TrimSpace(stderr), "\n") != 0 ||
+				!strings.Contains(stderr, "no-such-flag") {
+				t.Errorf("exit %d, stdout %q, stderr %q; want %d, nothing, one line", code, stdout, stderr, exitUsage)
 			}
 		})
 	}

@@ -19,11 +19,24 @@ func init() {
 	register("shm", "inspect and reclaim isolation groups' shared memory (ls, gc, path)", shmMain)
 }
 
+// shmUsage is the usage of the shm verb.
+const shmUsage = `Usage: pyisolate shm ls [--root DIR] [--group G] [--json]
+       pyisolate shm gc [--root DIR] [--group G]
+       pyisolate shm path --group G [--root DIR] [--join] [--pid PID] [--shm-size SIZE]
+
+Inspects and reclaims isolation groups' shared memory: ls lists the segments,
+gc removes those whose lease ended, path prints a group's directories.
+See 'pyisolate shm SUBCOMMAND -h' for the flags.
+`
+
 func shmMain(args []string) int {
 	if len(args) == 0 {
 		return fail(exitUsage, "shm: want a subcommand: ls, gc or path")
 	}
 	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Print(shmUsage)
+		return 0
 	case "ls":
 		return shmLs(args[1:])
 	case "gc":
@@ -34,22 +47,22 @@ func shmMain(args []string) int {
 	return fail(exitUsage, "shm: unknown subcommand %q (want ls, gc or path)", args[0])
 }
 
-// shmFlags parses the flags the shm subcommands share.
-func shmFlags(name string, args []string, extra func(fs *flag.FlagSet)) (root, group string, fs *flag.FlagSet, ok bool) {
-	fs = flag.NewFlagSet("shm "+name, flag.ContinueOnError)
+// shmFlags parses the flags the shm subcommands share. When ok is false
+// the subcommand returns code: 0 after -h, exitUsage after a bad flag.
+func shmFlags(name, usage string, args []string, extra func(fs *flag.FlagSet)) (root, group string, code int, ok bool) {
+	fs := newFlagSet("shm "+name, usage)
 	rootf := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
 	groupf := fs.String("group", "", "isolation group (default: all groups)")
 	if extra != nil {
 		extra(fs)
 	}
-	if err := fs.Parse(args); err != nil {
-		return "", "", nil, false
+	if code := parseFlags(fs, args); code >= 0 {
+		return "", "", code, false
 	}
 	if fs.NArg() > 0 {
-		fail(exitUsage, "shm %s: unexpected argument %q", name, fs.Arg(0))
-		return "", "", nil, false
+		return "", "", fail(exitUsage, "shm %s: unexpected argument %q", name, fs.Arg(0)), false
 	}
-	return *rootf, *groupf, fs, true
+	return *rootf, *groupf, 0, true
 }
 
 // groupsOf returns the named group, or every group under root.
@@ -85,11 +98,12 @@ type shmSegment struct {
 
 func shmLs(args []string) int {
 	var asJSON *bool
-	root, group, _, ok := shmFlags("ls", args, func(fs *flag.FlagSet) {
-		asJSON = fs.Bool("json", false, "print JSON")
-	})
+	root, group, code, ok := shmFlags("ls", "[--root DIR] [--group G] [--json]\n\nLists the shared-memory segments of every group, or of group G.",
+		args, func(fs *flag.FlagSet) {
+			asJSON = fs.Bool("json", false, "print JSON")
+		})
 	if !ok {
-		return exitUsage
+		return code
 	}
 	ctx := context.Background()
 	gs, err := groupsOf(root, group)
@@ -141,9 +155,9 @@ func shmLs(args []string) int {
 }
 
 func shmGC(args []string) int {
-	root, group, _, ok := shmFlags("gc", args, nil)
+	root, group, code, ok := shmFlags("gc", "[--root DIR] [--group G]\n\nRemoves the segments whose lease ended and ends groups with no member alive.", args, nil)
 	if !ok {
-		return exitUsage
+		return code
 	}
 	ctx := context.Background()
 	gs, err := groupsOf(root, group)
@@ -181,13 +195,14 @@ func shmPath(args []string) int {
 	var join *bool
 	var pid *int
 	var size *string
-	root, group, _, ok := shmFlags("path", args, func(fs *flag.FlagSet) {
+	root, group, code, ok := shmFlags("path", "--group G [--root DIR] [--join] [--pid PID] [--shm-size SIZE]\n\n"+
+		"Prints where group G's shared memory and sockets are; with --join creates the group if needed and joins it.", args, func(fs *flag.FlagSet) {
 		join = fs.Bool("join", false, "create the group if needed and join it as member 'host'")
 		pid = fs.Int("pid", os.Getppid(), "with --join: host pid of the joining process")
 		size = fs.String("shm-size", "", "with --join: size of the group's tmpfs when it is created (e.g. 1Gi)")
 	})
 	if !ok {
-		return exitUsage
+		return code
 	}
 	if group == "" {
 		return fail(exitUsage, "shm path: --group is required")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,14 +17,15 @@ func init() {
 }
 
 func specMain(args []string) int {
-	fs := flag.NewFlagSet("spec", flag.ContinueOnError)
+	fs := newFlagSet("spec", "[--bundle DIR] [--group G] [--id ID] [--root DIR] [--restriction MODEL]\n\n"+
+		"Prints the OCI config.json that 'run' would use for the extension bundle DIR.")
 	bundle := fs.String("bundle", ".", "extension bundle directory")
 	group := fs.String("group", "", "isolation group (overrides the manifest's)")
 	id := fs.String("id", "", "container id (default: the extension name)")
 	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
 	restriction := fs.String("restriction", "", "build for this restriction model instead of the detected one (none, apparmor, sysctl, selinux, no-caps)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
 	}
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "spec: unexpected argument %q", fs.Arg(0))
