@@ -341,7 +341,9 @@ func psMain(args []string) int {
 }
 
 func killMain(args []string) int {
-	fs := newFlagSet("kill", "[--root DIR] [--all] ID [SIGNAL]\n\nSIGNAL is a name (TERM, SIGTERM) or a number; default TERM.")
+	fs := newFlagSet("kill", "[--root DIR] [--all] ID [SIGNAL]\n\n"+
+		"SIGNAL is a name (TERM, SIGTERM) or a number; default TERM. Signal 0 sends\n"+
+		"nothing: it checks that the container's init is alive (exit 0, else 1).")
 	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
 	all := fs.Bool("all", false, "signal every process of the container, not only its init")
 	if code := parseFlags(fs, args); code >= 0 {
@@ -361,16 +363,33 @@ func killMain(args []string) int {
 	if err != nil {
 		return fail(1, "kill: %v", err)
 	}
+	if sig == 0 {
+		return checkAlive(c)
+	}
 	if err := c.Signal(sig, *all); err != nil {
 		return fail(1, "kill: %v", err)
 	}
 	return 0
 }
 
-// parseSignal reads a signal name (KILL, SIGKILL, kill) or number.
+// checkAlive is `kill ID 0`: exit 0 when the container's init is alive
+// (created, running or paused), else 1 with a message.
+func checkAlive(c *runtime.Container) int {
+	st, err := c.State()
+	if err != nil {
+		return fail(1, "kill: %v", err)
+	}
+	if st.Status == runtime.StatusStopped || st.InitPID <= 0 {
+		return fail(1, "kill: container %s is not running (%s)", c.ID(), st.Status)
+	}
+	return 0
+}
+
+// parseSignal reads a signal name (KILL, SIGKILL, kill) or number; 0 is
+// the liveness check of kill(1)'s -0.
 func parseSignal(s string) (syscall.Signal, error) {
 	if n, err := strconv.Atoi(s); err == nil {
-		if n <= 0 || n > 64 {
+		if n < 0 || n > 64 {
 			return 0, fmt.Errorf("signal %q out of range", s)
 		}
 		return syscall.Signal(n), nil

@@ -50,7 +50,8 @@ func TestParseSignal(t *testing.T) {
 		{in: "9", want: unix.SIGKILL},
 		{in: "TERM", want: unix.SIGTERM},
 		{in: "usr1", want: unix.SIGUSR1},
-		{in: "0", bad: true},
+		{in: "0", want: 0},
+		{in: "-1", bad: true},
 		{in: "65", bad: true},
 		{in: "NOPE", bad: true},
 		{in: "", bad: true},
@@ -369,11 +370,26 @@ func TestCLIKilledRun(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "clitest-killed") || !strings.Contains(out, "running") {
 		t.Errorf("ps after SIGKILL of run: %d %q", code, out)
 	}
+	// Signal 0 is the liveness check: 0 while the init lives.
+	if code, _, stderr := cli(t, "kill", "--root", e.root, "clitest-killed", "0"); code != 0 || stderr != "" {
+		t.Errorf("kill 0 of a running container: %d %q", code, stderr)
+	}
 	if code, _, stderr := cli(t, "delete", "--root", e.root, "clitest-killed"); code == 0 {
 		t.Errorf("delete without --force of a running container: exit 0 (%s)", stderr)
 	}
 	if code, _, stderr := cli(t, "kill", "--root", e.root, "clitest-killed", "KILL"); code != 0 {
 		t.Errorf("kill: %d %s", code, stderr)
+	}
+	// ... and 1, with one line saying so, once it is dead.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		code, _, stderr := cli(t, "kill", "--root", e.root, "clitest-killed", "0")
+		if code == 1 && strings.Contains(stderr, "container clitest-killed is not running (stopped)") {
+			break
+		}
+		if code != 0 || time.Now().After(deadline) {
+			t.Errorf("kill 0 of a killed container: %d %q", code, stderr)
+			break
+		}
 	}
 	if code, _, stderr := cli(t, "delete", "--root", e.root, "--force", "clitest-killed"); code != 0 {
 		t.Errorf("delete --force: %d %s", code, stderr)
