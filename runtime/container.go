@@ -143,24 +143,47 @@ type Container struct {
 // ID returns the container id.
 func (c *Container) ID() string { return c.lc.ID() }
 
-// checkID refuses ids libcontainer refuses, plus the reserved one.
+// MaxIDLength is the longest container id (and isolation group name) the
+// runtime accepts, in bytes. An id is a path component of the state root, of
+// the empty rootfs directory and of the cgroup path; 128 keeps every name
+// made from it (such as a systemd scope) well under the 255-byte limit of a
+// file name.
+const MaxIDLength = 128
+
+// ValidateID checks a container id: 1 to MaxIDLength letters, digits, '_',
+// '+', '-' and '.', neither "." nor "..", and not a name the state root
+// reserves. Its errors are one line naming the rule broken.
+func ValidateID(id string) error { return checkID(id) }
+
+// checkID refuses ids libcontainer refuses, ids too long to be a file name
+// with room to spare, and the reserved ones.
 func checkID(id string) error {
+	if err := checkName("container id", id); err != nil {
+		return err
+	}
 	if isReservedID(id) {
 		return fmt.Errorf("container id %q is reserved", id)
 	}
-	if id == "" || len(id) > 1024 {
-		return fmt.Errorf("invalid container id %q", id)
+	return nil
+}
+
+// checkName checks an id or group name (what says which in errors).
+func checkName(what, id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%s is empty", what)
+	case len(id) > MaxIDLength:
+		return fmt.Errorf("%s is %d characters long, at most %d are allowed", what, len(id), MaxIDLength)
+	case id == "." || id == "..":
+		return fmt.Errorf("%s %q is not allowed", what, id)
 	}
 	for _, ch := range id {
 		switch {
 		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9',
 			ch == '_', ch == '+', ch == '-', ch == '.':
 		default:
-			return fmt.Errorf("invalid container id %q: only letters, digits and _+-. are allowed", id)
+			return fmt.Errorf("%s %q contains %q: only letters, digits and _+-. are allowed", what, id, ch)
 		}
-	}
-	if id == "." || id == ".." {
-		return fmt.Errorf("invalid container id %q", id)
 	}
 	return nil
 }

@@ -542,16 +542,31 @@ func validateName(field, s string, required bool) error {
 		return fieldErr(field, "is required")
 	case s == "":
 		return nil
+	}
+	if err := CheckName(s); err != nil {
+		return &FieldError{Field: field, Msg: err.Error()}
+	}
+	return nil
+}
+
+// CheckName checks a non-empty extension name or isolation group name by
+// the manifest's rule: 1 to MaxNameLength letters, digits, '.', '_' and '-',
+// not starting with '.' or '-'. The CLI checks its --group flag with it, so
+// that a group has one rule wherever it is given.
+func CheckName(s string) error {
+	switch {
+	case s == "":
+		return errors.New("is empty")
 	case len(s) > MaxNameLength:
-		return fieldErr(field, "%q is %d characters long, at most %d are allowed", s, len(s), MaxNameLength)
+		return fmt.Errorf("%q... is %d characters long, at most %d are allowed", s[:16], len(s), MaxNameLength)
 	}
 	for _, r := range s {
 		if !isNameChar(r) {
-			return fieldErr(field, "%q contains %q: only letters, digits, '.', '_' and '-' are allowed", s, r)
+			return fmt.Errorf("%q contains %q: only letters, digits, '.', '_' and '-' are allowed", s, r)
 		}
 	}
 	if s[0] == '.' || s[0] == '-' {
-		return fieldErr(field, "%q must not start with '.' or '-'", s)
+		return fmt.Errorf("%q must not start with '.' or '-'", s)
 	}
 	return nil
 }

@@ -829,6 +829,26 @@ func TestLoadBundle(t *testing.T) {
 	})
 }
 
+// TestCheckName: the rule of names and groups, which the CLI applies to
+// --group too.
+func TestCheckName(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"comfy-ext_1.0", ""},
+		{strings.Repeat("g", MaxNameLength), ""},
+		{"", "is empty"},
+		{strings.Repeat("g", 1000), `"gggggggggggggggg"... is 1000 characters long, at most 64 are allowed`},
+		{"a/b", `"a/b" contains '/'`},
+		{"a+b", `"a+b" contains '+'`},
+		{"..", `".." must not start with '.' or '-'`},
+		{"-x", `must not start with '.' or '-'`},
+	} {
+		err := CheckName(tc.in)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("CheckName(%.20q) = %v, want %q", tc.in, err, tc.want)
+		}
+	}
+}
+
 // TestLoadBundleNonRegular: a FIFO, a socket, a device or a directory named
 // pyisolate.json or config.json is refused at once, naming the file and the
 // rule; before, opening a FIFO without a writer hung forever.

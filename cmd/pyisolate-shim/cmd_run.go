@@ -87,9 +87,9 @@ func runMain(args []string) int {
 		"its status (128+N when killed by signal N, 137 when out of memory); 2 means bad\n"+
 		"input, 125 a runtime failure. The container is deleted afterwards. Members of one\n"+
 		"group share a /dev/shm tmpfs and a socket directory (/run/pyisolate).")
-	group := fs.String("group", "", "isolation group (overrides the manifest's)")
+	group := fs.String("group", "", groupFlagHelp)
 	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
-	id := fs.String("id", "", "container id (default: the extension name and a random suffix)")
+	id := fs.String("id", "", idFlagHelp+" (default: the extension name and a random suffix)")
 	retention := fs.Duration("shm-retention", 0, "how long an exited member's shared-memory segments are kept (default 30s; set when the group is created)")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -101,6 +101,9 @@ func runMain(args []string) int {
 	if *retention < 0 {
 		return usageError(fs, "--shm-retention must not be negative")
 	}
+	if code := checkIDFlags("run", *id, *group); code >= 0 {
+		return code
+	}
 	bundle, cmd := rest[0], rest[1:]
 	if len(cmd) > 0 && cmd[0] == "--" {
 		cmd = cmd[1:]
@@ -108,6 +111,39 @@ func runMain(args []string) int {
 	return runBundle(context.Background(), runRequest{
 		Bundle: bundle, Group: *group, Root: *root, ID: *id, Command: cmd, Retention: *retention,
 	})
+}
+
+// Help of the --id and --group flags, which say the rules checkIDFlags
+// applies.
+var (
+	idFlagHelp    = fmt.Sprintf("container id: 1 to %d letters, digits and _+-., not . or ..", runtime.MaxIDLength)
+	groupFlagHelp = fmt.Sprintf("isolation group, overriding the manifest's: 1 to %d letters, digits and ._-, "+
+		"not starting with . or -", spec.MaxNameLength)
+)
+
+// checkIDFlags checks a --id and a --group flag (either may be empty: not
+// given) before anything is done. It returns -1 to go on, or exitUsage after
+// one line naming the flag and the rule.
+func checkIDFlags(verb, id, group string) int {
+	if id != "" {
+		if err := runtime.ValidateID(id); err != nil {
+			return fail(exitUsage, "%s: --id: %v", verb, err)
+		}
+	}
+	if group != "" {
+		if err := spec.CheckName(group); err != nil {
+			return fail(exitUsage, "%s: --group: %v", verb, err)
+		}
+	}
+	return -1
+}
+
+// checkIDArg checks the container ID argument of kill and delete.
+func checkIDArg(verb, id string) int {
+	if err := runtime.ValidateID(id); err != nil {
+		return fail(exitUsage, "%s: ID: %v", verb, err)
+	}
+	return -1
 }
 
 // runRequest is what `pyisolate run` was asked.
@@ -265,7 +301,8 @@ func buildSpec(ctx context.Context, r *runtime.Runtime, bundle, id, group string
 }
 
 // newID makes a container id from name (reduced to the characters ids
-// allow) and a random suffix.
+// allow, and cut to leave room for the suffix within runtime.MaxIDLength)
+// and a random suffix.
 func newID(name string) string {
 	name = strings.Map(func(r rune) rune {
 		switch {
@@ -278,6 +315,7 @@ func newID(name string) string {
 	if name == "" {
 		name = "pyisolate"
 	}
+	name = name[:min(len(name), runtime.MaxIDLength-9)] // "-" and 8 hex digits
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return name + "-" + hex.EncodeToString(b[:])
@@ -352,6 +390,9 @@ func killMain(args []string) int {
 	if fs.NArg() < 1 || fs.NArg() > 2 {
 		return usageError(fs, "want ID and an optional SIGNAL")
 	}
+	if code := checkIDArg("kill", fs.Arg(0)); code >= 0 {
+		return code
+	}
 	sig := unix.SIGTERM
 	if fs.NArg() == 2 {
 		var err error
@@ -413,6 +454,9 @@ func deleteMain(args []string) int {
 	}
 	if fs.NArg() != 1 {
 		return usageError(fs, "want one container ID")
+	}
+	if code := checkIDArg("delete", fs.Arg(0)); code >= 0 {
+		return code
 	}
 	ctx := context.Background()
 	r := &runtime.Runtime{Root: *root}

@@ -72,10 +72,13 @@ func TestFormatBytes(t *testing.T) {
 }
 
 func TestNewID(t *testing.T) {
-	for _, name := range []string{"hello", "a b/c", "..", ""} {
+	for _, name := range []string{"hello", "a b/c", "..", "", strings.Repeat("x", 255)} {
 		id := newID(name)
 		if err := checkIDChars(id); err != nil || id == newID(name) {
 			t.Errorf("newID(%q) = %q (%v)", name, id, err)
+		}
+		if err := runtime.ValidateID(id); err != nil {
+			t.Errorf("newID(%q) = %q: %v", name, id, err)
 		}
 	}
 }
@@ -122,6 +125,8 @@ func TestCLIUsageErrors(t *testing.T) {
 	broken := filepath.Join(dir, "broken")
 	os.Mkdir(broken, 0o755)
 	os.WriteFile(filepath.Join(broken, "config.json"), []byte(`{"ociVersion": "1.0.2",`), 0o644)
+	state := filepath.Join(dir, "state") // must never be made
+	long := strings.Repeat("a", 1000)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -136,6 +141,21 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"kill signal", []string{"kill", "x", "NOSUCH"}, "unknown signal"},
 		{"kill no id", []string{"kill"}, "want ID"},
 		{"delete no id", []string{"delete"}, "want one container ID"},
+		// Bad ids and groups: exit 2 naming the flag and the rule, before
+		// the bundle is even read (dir has neither file).
+		{"run id slash", []string{"run", "--root", state, "--id", "a/b", dir}, `--id: container id "a/b" contains '/': only letters`},
+		{"run id dotdot", []string{"run", "--root", state, "--id", "..", dir}, `--id: container id ".." is not allowed`},
+		{"run id too long", []string{"run", "--root", state, "--id", long, dir}, "--id: container id is 1000 characters long, at most 128 are allowed"},
+		{"run group slash", []string{"run", "--root", state, "--group", "a/b", dir}, `--group: "a/b" contains '/'`},
+		{"run group dotdot", []string{"run", "--root", state, "--group", "..", dir}, `--group: ".." must not start with '.'`},
+		{"run group too long", []string{"run", "--root", state, "--group", long, dir}, "--group: \"" + long[:16] + "\"... is 1000 characters long, at most 64 are allowed"},
+		{"run group plus", []string{"run", "--root", state, "--group", "a+b", dir}, `--group: "a+b" contains '+'`},
+		{"spec id", []string{"spec", "--root", state, "--bundle", dir, "--id", "a/b"}, "spec: --id: container id"},
+		{"spec group", []string{"spec", "--root", state, "--bundle", dir, "--group", "../g"}, "spec: --group:"},
+		{"kill bad id", []string{"kill", "--root", state, "a/b"}, "kill: ID: container id"},
+		{"kill long id", []string{"kill", "--root", state, long}, "at most 128"},
+		{"delete bad id", []string{"delete", "--root", state, ".."}, "delete: ID: container id"},
+		{"shm path group", []string{"shm", "path", "--root", state, "--join", "--group", "../g"}, "shm path: --group:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := cli(t, tc.args...)
@@ -144,6 +164,9 @@ func TestCLIUsageErrors(t *testing.T) {
 			}
 			if strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 				t.Errorf("stderr has more than one line: %q", stderr)
+			}
+			if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the state root was made (%v): something was done before the input was checked", err)
 			}
 		})
 	}

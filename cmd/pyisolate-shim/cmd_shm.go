@@ -62,6 +62,9 @@ func shmFlags(name, usage string, args []string, extra func(fs *flag.FlagSet)) (
 	if fs.NArg() > 0 {
 		return "", "", fail(exitUsage, "shm %s: unexpected argument %q", name, fs.Arg(0)), false
 	}
+	if code := checkIDFlags("shm "+name, "", *groupf); code >= 0 {
+		return "", "", code, false
+	}
 	return *rootf, *groupf, 0, true
 }
 

@@ -20,8 +20,8 @@ func specMain(args []string) int {
 	fs := newFlagSet("spec", "[--bundle DIR] [--group G] [--id ID] [--root DIR] [--restriction MODEL]\n\n"+
 		"Prints the OCI config.json that 'run' would use for the extension bundle DIR.")
 	bundle := fs.String("bundle", ".", "extension bundle directory")
-	group := fs.String("group", "", "isolation group (overrides the manifest's)")
-	id := fs.String("id", "", "container id (default: the extension name)")
+	group := fs.String("group", "", groupFlagHelp)
+	id := fs.String("id", "", idFlagHelp+" (default: the extension name)")
 	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
 	restriction := fs.String("restriction", "", "build for this restriction model instead of the detected one (none, apparmor, sysctl, selinux, no-caps)")
 	if code := parseFlags(fs, args); code >= 0 {
@@ -29,6 +29,9 @@ func specMain(args []string) int {
 	}
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "spec: unexpected argument %q", fs.Arg(0))
+	}
+	if code := checkIDFlags("spec", *id, *group); code >= 0 {
+		return code
 	}
 	if *restriction != "" && !slices.Contains(spec.Restrictions, spec.Restriction(*restriction)) {
 		return fail(exitUsage, "spec: --restriction: unknown model %q", *restriction)
