@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
@@ -140,21 +144,50 @@ func shmLs(args []string) int {
 		}
 		return 0
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "GROUP\tSEGMENT\tOWNER\tSIZE\tAGE\tMAPPED BY")
-	now := time.Now()
-	for _, r := range rows {
-		mapped := strings.Join(r.MappedBy, ",")
-		if mapped == "" {
-			mapped = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Group, r.Name, r.Owner,
-			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), mapped)
-	}
-	if err := tw.Flush(); err != nil {
+	if err := writeSegmentTable(os.Stdout, rows, time.Now()); err != nil {
 		return fail(1, "shm ls: %v", err)
 	}
 	return 0
+}
+
+// writeSegmentTable writes the human form of `shm ls`. Segment names are
+// chosen by extensions, so every string from the group's state goes through
+// displayText: a name cannot move the cursor, recolour or clear the admin's
+// terminal, start a new row, or shift the columns.
+func writeSegmentTable(w io.Writer, rows []shmSegment, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GROUP\tSEGMENT\tOWNER\tSIZE\tAGE\tMAPPED BY")
+	for _, r := range rows {
+		mapped := make([]string, len(r.MappedBy))
+		for i, m := range r.MappedBy {
+			mapped[i] = displayText(m)
+		}
+		list := strings.Join(mapped, ",")
+		if list == "" {
+			list = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", displayText(r.Group), displayText(r.Name), displayText(r.Owner),
+			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), list)
+	}
+	return tw.Flush()
+}
+
+// displayText returns s as it is when every character of it is printable
+// (letters, marks, numbers, punctuation, symbols, the ASCII space), and
+// otherwise quoted Go-style, with escapes for control characters
+// (ESC, newline, tab...), Unicode format characters (such as the bidi
+// overrides) and invalid UTF-8. A string that starts with a double quote
+// is quoted too, so that it cannot pass for a quoted one.
+func displayText(s string) string {
+	if !utf8.ValidString(s) || strings.HasPrefix(s, `"`) {
+		return strconv.Quote(s)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func shmGC(args []string) int {
@@ -173,10 +206,10 @@ func shmGC(args []string) int {
 			return fail(1, "shm gc: %v", err)
 		}
 		for _, s := range rep.Removed {
-			fmt.Printf("removed %s/%s (%s, owner %s)\n", g.Name, s.Name, tensoripc.HumanBytes(s.Size), s.Owner)
+			fmt.Printf("removed %s/%s (%s, owner %s)\n", g.Name, displayText(s.Name), tensoripc.HumanBytes(s.Size), displayText(s.Owner))
 		}
 		for _, k := range rep.Kept {
-			fmt.Printf("kept %s/%s: %s\n", g.Name, k.Name, k.Reason)
+			fmt.Printf("kept %s/%s: %s\n", g.Name, displayText(k.Name), displayText(k.Reason))
 		}
 		fmt.Printf("group %s: freed %s\n", g.Name, tensoripc.HumanBytes(rep.Freed))
 		ended, err := g.EndIfAbandoned(ctx)
