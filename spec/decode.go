@@ -234,6 +234,7 @@ var manifestSchema = &schema{kind: kindObject, fields: map[string]*schema{
 		"pids":     schemaInt,
 		"cpus":     schemaFloat,
 		"shm_size": schemaSize,
+		"tmp_size": schemaSize,
 	}},
 	"gpus":    schemaStrings,
 	"command": schemaStrings,
@@ -672,6 +673,8 @@ func (l Limits) validate() error {
 		return fieldErr("limits.cpus", "%v is too large: at most %d", l.CPUs, MaxCPUs)
 	case l.ShmSize < 0:
 		return fieldErr("limits.shm_size", "must not be negative (got %d)", int64(l.ShmSize))
+	case l.TmpSize < 0:
+		return fieldErr("limits.tmp_size", "must not be negative (got %d)", int64(l.TmpSize))
 	}
 	return nil
 }
@@ -887,6 +890,8 @@ const (
 	AnnotationFieldCPUs = "io.pyisolate.cpus"
 	// AnnotationFieldShmSize holds limits.shm_size, as a size string.
 	AnnotationFieldShmSize = "io.pyisolate.shm_size"
+	// AnnotationFieldTmpSize holds limits.tmp_size, as a size string.
+	AnnotationFieldTmpSize = "io.pyisolate.tmp_size"
 )
 
 // annotationField maps one per-field annotation to the manifest.
@@ -928,6 +933,10 @@ var annotationFields = []annotationField{
 	}},
 	{AnnotationFieldShmSize, "limits.shm_size", func(m *Manifest, v string) (err error) {
 		m.Limits.ShmSize, err = ParseByteSize(v)
+		return err
+	}},
+	{AnnotationFieldTmpSize, "limits.tmp_size", func(m *Manifest, v string) (err error) {
+		m.Limits.TmpSize, err = ParseByteSize(v)
 		return err
 	}},
 	{AnnotationFieldGPUs, "gpus", func(m *Manifest, v string) (err error) {

@@ -47,7 +47,7 @@ func TestDecodeManifestComplete(t *testing.T) {
 	  "sandbox": {"network": true, "writable_paths": ["/srv/out"], "readonly_paths": ["/srv/models", "/srv/in"]},
 	  "env": {"HF_HOME": "/srv/models/hf", "_X1": ""},
 	  "group": "comfy",
-	  "limits": {"memory": "2Gi", "pids": 128, "cpus": 1.5, "shm_size": 1073741824},
+	  "limits": {"memory": "2Gi", "pids": 128, "cpus": 1.5, "shm_size": 1073741824, "tmp_size": "256Mi"},
 	  "gpus": ["nvidia.com/gpu=0", "nvidia.com/gpu=all"],
 	  "command": ["/opt/venvs/impact/bin/python3", "-m", "impact", "--flag"]
 	}`
@@ -70,7 +70,7 @@ func TestDecodeManifestComplete(t *testing.T) {
 		},
 		Env:     map[string]string{"HF_HOME": "/srv/models/hf", "_X1": ""},
 		Group:   "comfy",
-		Limits:  Limits{Memory: 2 << 30, Pids: 128, CPUs: 1.5, ShmSize: 1 << 30},
+		Limits:  Limits{Memory: 2 << 30, Pids: 128, CPUs: 1.5, ShmSize: 1 << 30, TmpSize: 256 << 20},
 		GPUs:    []string{"nvidia.com/gpu=0", "nvidia.com/gpu=all"},
 		Command: []string{"/opt/venvs/impact/bin/python3", "-m", "impact", "--flag"},
 	}
@@ -247,6 +247,8 @@ func TestDecodeManifestErrors(t *testing.T) {
 		{"cpus too small", doc(`,"limits":{"cpus":0.001}`), "limits.cpus", "too small"},
 		{"cpus too large", doc(`,"limits":{"cpus":100000}`), "limits.cpus", "too large"},
 		{"shm_size negative", doc(`,"limits":{"shm_size":-5}`), "limits.shm_size", "must not be negative"},
+		{"tmp_size negative", doc(`,"limits":{"tmp_size":-5}`), "limits.tmp_size", "must not be negative"},
+		{"tmp_size bad", doc(`,"limits":{"tmp_size":"1g"}`), "limits.tmp_size", `unknown unit "g"`},
 
 		// gpus.
 		{"gpu no class", doc(`,"gpus":["nvidia.com=0"]`), "gpus[0]", "no '/'"},
@@ -576,6 +578,7 @@ func TestManifestFromAnnotations(t *testing.T) {
 			AnnotationFieldPids:           "64",
 			AnnotationFieldCPUs:           "0.5",
 			AnnotationFieldShmSize:        "256Mi",
+			AnnotationFieldTmpSize:        "512Mi",
 			AnnotationDegraded:            "seccomp",
 			AnnotationOutPrefix + "name":  "ignored",
 			"org.example.other":           "ignored",
@@ -588,7 +591,7 @@ func TestManifestFromAnnotations(t *testing.T) {
 			Name: "ext", ModulePath: "/m", Venv: "/v", Python: "/v/bin/python3", Group: "g",
 			ExecutionModel: Sealed, ShareTorch: true, Sandbox: Sandbox{Network: true},
 			GPUs:   []string{"nvidia.com/gpu=0", "nvidia.com/gpu=1"},
-			Limits: Limits{Memory: 1 << 30, Pids: 64, CPUs: 0.5, ShmSize: 256 << 20},
+			Limits: Limits{Memory: 1 << 30, Pids: 64, CPUs: 0.5, ShmSize: 256 << 20, TmpSize: 512 << 20},
 		}
 		if !reflect.DeepEqual(m, want) {
 			t.Fatalf("got  %+v\nwant %+v", m, want)
@@ -638,6 +641,7 @@ func TestManifestFromAnnotations(t *testing.T) {
 		{"bad memory", with(AnnotationFieldMemory, "12XB"), AnnotationFieldMemory, `invalid size "12XB"`},
 		{"small memory", with(AnnotationFieldMemory, "1Mi"), AnnotationFieldMemory, "too small"},
 		{"bad shm", with(AnnotationFieldShmSize, "-1"), AnnotationFieldShmSize, "must not be negative"},
+		{"bad tmp", with(AnnotationFieldTmpSize, "-1"), AnnotationFieldTmpSize, "must not be negative"},
 		{"bad pids", with(AnnotationFieldPids, "many"), AnnotationFieldPids, `must be an integer, got "many"`},
 		{"negative pids", with(AnnotationFieldPids, "-3"), AnnotationFieldPids, "must not be negative"},
 		{"bad cpus", with(AnnotationFieldCPUs, "two"), AnnotationFieldCPUs, `must be a number, got "two"`},

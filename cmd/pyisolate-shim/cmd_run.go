@@ -168,6 +168,12 @@ func runBundle(ctx context.Context, req runRequest) int {
 	if m == nil && plain == nil {
 		return fail(exitUsage, "run: bundle %s: no %s, no %s", bundle, spec.ManifestFile, spec.ConfigFile)
 	}
+	if m != nil {
+		// Before the group's tmpfs is made of limits.shm_size.
+		if code := checkHostLimits(ctx, req.Root, m); code >= 0 {
+			return code
+		}
+	}
 	id := req.ID
 	if id == "" {
 		name := filepath.Base(bundle)
@@ -248,6 +254,20 @@ func runBundle(ctx context.Context, req runRequest) int {
 		return 137
 	}
 	return st.Code
+}
+
+// checkHostLimits refuses, for run, limits of manifest m too large for this
+// host (spec.CheckHostLimits): exit 2 naming the field and the cap. It
+// returns -1 to go on.
+func checkHostLimits(ctx context.Context, root string, m *spec.Manifest) int {
+	prof, err := runtime.DetectCached(ctx, root)
+	if err != nil {
+		return fail(exitRuntime, "run: detect host: %v", err)
+	}
+	if err := spec.CheckHostLimits(m.Limits, prof.SpecHost()); err != nil {
+		return fail(exitUsage, "run: %v", err)
+	}
+	return -1
 }
 
 // leaveGroup records that member id exited; the last member ends the group.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -439,5 +440,90 @@ func TestCLIShmPressure(t *testing.T) {
 	}
 	if n := strings.Count(stderr, "pyisolate: warning: shm group clitest:"); n != 1 || !strings.Contains(stderr, "largest owners: clitest-shm") {
 		t.Errorf("want one pressure warning naming clitest-shm, stderr:\n%s", stderr)
+	}
+}
+
+// TestCLIDefaultLimits: a manifest without limits runs with the stated
+// defaults, read from the container's cgroup on the host: pids.max 2048,
+// a memory limit of half the host's memory, CPU shares 1024 (weight 100 on
+// cgroup v2), and a private /tmp of 1 GiB. Before, pids.max was "max" and
+// there was no memory limit.
+func TestCLIDefaultLimits(t *testing.T) {
+	e := newE2E(t, "")
+	code, stdout, stderr := cli(t, "run", "--root", e.root, "--id", "clitest-tmp", e.bundle, "--",
+		"/bin/sh", "-c", `grep " /tmp " /proc/self/mounts`)
+	if code != 0 || !strings.Contains(stdout, "size=1048576k") {
+		t.Errorf("/tmp: exit %d, %q %q; want a tmpfs of size=1048576k", code, stdout, stderr)
+	}
+
+	const id = "clitest-defaults"
+	run := cliCommand("run", "--root", e.root, "--id", id, e.bundle, "--", "sleep", "60")
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cli(t, "kill", "--root", e.root, id, "KILL")
+		run.Wait()
+	}()
+	v1 := func(ctrl, file string) string { return filepath.Join("/sys/fs/cgroup", ctrl, "pyisolate", id, file) }
+	v2 := func(file string) string { return filepath.Join("/sys/fs/cgroup/pyisolate", id, file) }
+	pidsMax := v1("pids", "pids.max")
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		pidsMax = v2("pids.max")
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if code, _, _ := cli(t, "kill", "--root", e.root, id, "0"); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("container did not start")
+		}
+	}
+	read := func(p string) string {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Errorf("%v", err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	var kb int64
+	for _, line := range strings.Split(read("/proc/meminfo"), "\n") {
+		if _, err := fmt.Sscanf(line, "MemTotal: %d kB", &kb); err == nil {
+			break
+		}
+	}
+	wantMem := strconv.FormatInt(kb*1024/2&^(1<<20-1), 10)
+	want := map[string]string{pidsMax: "2048"}
+	if pidsMax == v2("pids.max") {
+		want[v2("memory.max")] = wantMem
+		want[v2("cpu.weight")] = "100"
+	} else {
+		want[v1("memory", "memory.limit_in_bytes")] = wantMem
+		want[v1("cpu", "cpu.shares")] = "1024"
+	}
+	for p, w := range want {
+		if got := read(p); got != w {
+			t.Errorf("%s = %q, want %q", p, got, w)
+		}
+	}
+}
+
+// TestCLIOversizeShm: shm_size larger than the host's memory exits 2 with
+// one line naming limits.shm_size and the cap, from run (before the
+// group's tmpfs is made) and from spec. Before, run mounted a 7 EiB tmpfs.
+func TestCLIOversizeShm(t *testing.T) {
+	e := newE2E(t, `"shm_size": "8000000T"`)
+	for _, args := range [][]string{
+		{"run", "--root", e.root, e.bundle},
+		{"spec", "--root", e.root, "--bundle", e.bundle},
+	} {
+		code, stdout, stderr := cli(t, args...)
+		if code != exitUsage || stdout != "" || strings.Count(strings.TrimSpace(stderr), "\n") != 0 ||
+			!strings.Contains(stderr, "limits.shm_size: 8000000T is larger than this host's memory (") {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want %d and one line naming limits.shm_size", args[0], code, stdout, stderr, exitUsage)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.root, "groups")); len(ents) != 0 {
+		t.Errorf("a group was made: %v", ents)
 	}
 }

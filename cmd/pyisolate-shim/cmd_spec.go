@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
@@ -52,6 +54,10 @@ func specMain(args []string) int {
 			return fail(exitUsage, "spec: %v", err)
 		}
 		return fail(1, "spec: %v", err)
+	}
+	if d := spec.DefaultsList(s); len(d) > 0 {
+		fmt.Fprintf(os.Stderr, "pyisolate: note: defaults for the limits the manifest leaves out: %s (annotation %s)\n",
+			strings.Join(d, ", "), spec.AnnotationDefaults)
 	}
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
