@@ -88,6 +88,12 @@ type CreateOptions struct {
 	// container's init once the user process runs (to register it with its
 	// isolation group).
 	Started func(initPID int)
+	// Console, when set, lets Run start a spec whose process.terminal is
+	// true: Run calls it with the master side of the process's terminal
+	// once the container is created, before its process starts. The callee
+	// connects it to the user and closes it after Run returned (deleting
+	// the container does not close it). Create ignores it.
+	Console func(*Console)
 }
 
 // Stdio are the standard streams of a process run by Exec. *os.File values
@@ -637,10 +643,11 @@ var forwardedSignals = []os.Signal{
 // Run creates, starts and waits for container id, forwarding SIGINT,
 // SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 received by this process to
 // the container's init, and deletes the container afterwards, also on error.
-// When ctx ends the container is killed.
+// When ctx ends the container is killed. A process with a terminal needs
+// opts.Console.
 func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts CreateOptions) (st ExitStatus, err error) {
-	if s != nil && s.Process != nil && s.Process.Terminal {
-		return ExitStatus{}, fmt.Errorf("run container %s: process.terminal is not supported by Run (use Create and Container.Console)", id)
+	if s != nil && s.Process != nil && s.Process.Terminal && opts.Console == nil {
+		return ExitStatus{}, fmt.Errorf("run container %s: process.terminal needs CreateOptions.Console (or use Create and Container.Console)", id)
 	}
 	sigc := make(chan os.Signal, 8)
 	signal.Notify(sigc, forwardedSignals...)
@@ -655,6 +662,9 @@ func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts Create
 			err = derr
 		}
 	}()
+	if cons := c.Console(); cons != nil && opts.Console != nil {
+		opts.Console(cons)
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)

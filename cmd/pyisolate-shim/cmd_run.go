@@ -86,7 +86,8 @@ func runMain(args []string) int {
 		"Runs the bundle's extension in the foreground with stdio attached and exits with\n"+
 		"its status (128+N when killed by signal N, 137 when out of memory); 2 means bad\n"+
 		"input, 125 a runtime failure. The container is deleted afterwards. Members of one\n"+
-		"group share a /dev/shm tmpfs and a socket directory (/run/pyisolate).")
+		"group share a /dev/shm tmpfs and a socket directory (/run/pyisolate). A bundle\n"+
+		"whose config.json sets process.terminal needs stdin to be a terminal.")
 	group := fs.String("group", "", groupFlagHelp)
 	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
 	id := fs.String("id", "", idFlagHelp+" (default: the extension name and a random suffix)")
@@ -168,11 +169,8 @@ func runBundle(ctx context.Context, req runRequest) int {
 	if m == nil && plain == nil {
 		return fail(exitUsage, "run: bundle %s: no %s, no %s", bundle, spec.ManifestFile, spec.ConfigFile)
 	}
-	if m != nil {
-		// Before the group's tmpfs is made of limits.shm_size.
-		if code := checkHostLimits(ctx, req.Root, m); code >= 0 {
-			return code
-		}
+	if code := checkBundle(ctx, req.Root, bundle, m, plain); code >= 0 {
+		return code
 	}
 	id := req.ID
 	if id == "" {
@@ -240,7 +238,12 @@ func runBundle(ctx context.Context, req runRequest) int {
 			}
 		}
 	}
+	term, err := attachTerminal(s, &opts)
+	if err != nil {
+		return fail(exitUsage, "run: %v", err)
+	}
 	st, err := r.Run(ctx, id, s, opts)
+	term.Close()
 	if err != nil {
 		return fail(exitRuntime, "run: %v", err)
 	}
@@ -256,10 +259,15 @@ func runBundle(ctx context.Context, req runRequest) int {
 	return st.Code
 }
 
-// checkHostLimits refuses, for run, limits of manifest m too large for this
-// host (spec.CheckHostLimits): exit 2 naming the field and the cap. It
-// returns -1 to go on.
-func checkHostLimits(ctx context.Context, root string, m *spec.Manifest) int {
+// checkBundle refuses, for run, what LoadBundle cannot judge alone, before
+// anything is made: limits of manifest m too large for this host (the
+// group's tmpfs is made of limits.shm_size), a plain bundle asking for a
+// terminal when stdin is none. It returns -1 to go on, or the exit status
+// after one line.
+func checkBundle(ctx context.Context, root, bundle string, m *spec.Manifest, plain *specs.Spec) int {
+	if m == nil {
+		return checkTerminal(bundle, plain)
+	}
 	prof, err := runtime.DetectCached(ctx, root)
 	if err != nil {
 		return fail(exitRuntime, "run: detect host: %v", err)
