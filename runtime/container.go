@@ -106,6 +106,12 @@ type CreateOptions struct {
 	// container's root (a user namespace's unprivileged host uid) may be
 	// unable to walk to is pinned as well.
 	PinSources []string
+	// Console, when set, lets Run start a spec whose process.terminal is
+	// true: Run calls it with the master side of the process's terminal
+	// once the container is created, before its process starts. The callee
+	// connects it to the user and closes it after Run returned (deleting
+	// the container does not close it). Create ignores it.
+	Console func(*Console)
 }
 
 // Stdio are the standard streams of a process run by Exec. *os.File values
@@ -161,24 +167,47 @@ type Container struct {
 // ID returns the container id.
 func (c *Container) ID() string { return c.lc.ID() }
 
-// checkID refuses ids libcontainer refuses, plus the reserved one.
+// MaxIDLength is the longest container id (and isolation group name) the
+// runtime accepts, in bytes. An id is a path component of the state root, of
+// the empty rootfs directory and of the cgroup path; 128 keeps every name
+// made from it (such as a systemd scope) well under the 255-byte limit of a
+// file name.
+const MaxIDLength = 128
+
+// ValidateID checks a container id: 1 to MaxIDLength letters, digits, '_',
+// '+', '-' and '.', neither "." nor "..", and not a name the state root
+// reserves. Its errors are one line naming the rule broken.
+func ValidateID(id string) error { return checkID(id) }
+
+// checkID refuses ids libcontainer refuses, ids too long to be a file name
+// with room to spare, and the reserved ones.
 func checkID(id string) error {
+	if err := checkName("container id", id); err != nil {
+		return err
+	}
 	if isReservedID(id) {
 		return fmt.Errorf("container id %q is reserved", id)
 	}
-	if id == "" || len(id) > 1024 {
-		return fmt.Errorf("invalid container id %q", id)
+	return nil
+}
+
+// checkName checks an id or group name (what says which in errors).
+func checkName(what, id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%s is empty", what)
+	case len(id) > MaxIDLength:
+		return fmt.Errorf("%s is %d characters long, at most %d are allowed", what, len(id), MaxIDLength)
+	case id == "." || id == "..":
+		return fmt.Errorf("%s %q is not allowed", what, id)
 	}
 	for _, ch := range id {
 		switch {
 		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9',
 			ch == '_', ch == '+', ch == '-', ch == '.':
 		default:
-			return fmt.Errorf("invalid container id %q: only letters, digits and _+-. are allowed", id)
+			return fmt.Errorf("%s %q contains %q: only letters, digits and _+-. are allowed", what, id, ch)
 		}
-	}
-	if id == "." || id == ".." {
-		return fmt.Errorf("invalid container id %q", id)
 	}
 	return nil
 }
@@ -678,10 +707,11 @@ var forwardedSignals = []os.Signal{
 // Run creates, starts and waits for container id, forwarding SIGINT,
 // SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 received by this process to
 // the container's init, and deletes the container afterwards, also on error.
-// When ctx ends the container is killed.
+// When ctx ends the container is killed. A process with a terminal needs
+// opts.Console.
 func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts CreateOptions) (st ExitStatus, err error) {
-	if s != nil && s.Process != nil && s.Process.Terminal {
-		return ExitStatus{}, fmt.Errorf("run container %s: process.terminal is not supported by Run (use Create and Container.Console)", id)
+	if s != nil && s.Process != nil && s.Process.Terminal && opts.Console == nil {
+		return ExitStatus{}, fmt.Errorf("run container %s: process.terminal needs CreateOptions.Console (or use Create and Container.Console)", id)
 	}
 	if opts.DieWithParent {
 		// The container's init is killed when the thread that forked it
@@ -703,6 +733,9 @@ func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts Create
 			err = derr
 		}
 	}()
+	if cons := c.Console(); cons != nil && opts.Console != nil {
+		opts.Console(cons)
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)

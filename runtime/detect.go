@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -88,6 +89,10 @@ type Profile struct {
 	// Paths are the entries of SystemPaths and EtcAllowList that exist on
 	// the host (symbolic links included).
 	Paths []string `json:"paths"`
+	// MemTotal is the host's memory in bytes (MemTotal of /proc/meminfo);
+	// 0 when unknown. The spec builder derives the default memory limit
+	// and the caps of tmpfs sizes from it.
+	MemTotal uint64 `json:"mem_total_bytes"`
 	// Kernel is the kernel release (uname -r).
 	Kernel string `json:"kernel"`
 	// WSL is 1 or 2 under Windows Subsystem for Linux, 0 otherwise.
@@ -123,6 +128,7 @@ func (p *Profile) SpecHost() spec.Host {
 		Restriction: p.Restriction,
 		Seccomp:     p.Seccomp && p.SeccompBuiltIn,
 		Paths:       append([]string(nil), p.Paths...),
+		MemTotal:    int64(min(p.MemTotal, math.MaxInt64)),
 	}
 }
 
@@ -271,7 +277,29 @@ func detectAt(ctx context.Context, env detectEnv) (*Profile, error) {
 	detectSeccomp(env, f, p)
 	p.Shm = detectShm(env)
 	p.Paths = existingPaths(env)
+	p.MemTotal = memTotal(env)
 	return p, nil
+}
+
+// memTotal returns MemTotal of /proc/meminfo in bytes, or 0 when it cannot
+// be read.
+func memTotal(env detectEnv) uint64 {
+	for _, line := range strings.Split(readString(env.path("/proc/meminfo")), "\n") {
+		rest, ok := strings.CutPrefix(line, "MemTotal:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0
+		}
+		kb, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil || kb > math.MaxUint64/1024 {
+			return 0
+		}
+		return kb * 1024
+	}
+	return 0
 }
 
 // readFacts reads the capability, uid, sysctl, SELinux and WSL files.

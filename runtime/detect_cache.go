@@ -23,8 +23,8 @@ type cachedProfile struct {
 // child processes (tens of milliseconds), so their result is kept in
 // <root>/host-profile.json and reused while nothing it depends on changed:
 // the boot, the sysctls and SELinux state that restrict user namespaces,
-// the caller's capabilities and uid, and this binary. The host paths and
-// /dev/shm are read afresh every time. Any problem with the cache falls back
+// the caller's capabilities and uid, and this binary. The host paths,
+// /dev/shm and the memory total are read afresh every time. Any problem with the cache falls back
 // to a full Detect.
 func DetectCached(ctx context.Context, root string) (*Profile, error) {
 	env := hostEnv()
@@ -38,6 +38,7 @@ func DetectCached(ctx context.Context, root string) (*Profile, error) {
 		if json.Unmarshal(b, &c) == nil && c.Key == key && c.Profile != nil {
 			c.Profile.Paths = existingPaths(env)
 			c.Profile.Shm = detectShm(env)
+			c.Profile.MemTotal = memTotal(env)
 			return c.Profile, nil
 		}
 	}

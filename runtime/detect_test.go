@@ -57,6 +57,7 @@ func baseFiles() map[string]string {
 		"proc/sys/kernel/seccomp/actions_avail": "kill_process kill_thread trap errno user_notif trace log allow\n",
 		"usr/bin/true":                          "",
 		"etc/passwd":                            "root:x:0:0::/root:/bin/sh\n",
+		"proc/meminfo":                          "MemTotal:       24683652 kB\nMemFree:        22455680 kB\n",
 	}
 }
 
@@ -334,9 +335,36 @@ func TestDetectFacts(t *testing.T) {
 	if len(p.Warnings) != 0 {
 		t.Errorf("warnings = %q", p.Warnings)
 	}
+	if p.MemTotal != 24683652*1024 {
+		t.Errorf("mem total = %d", p.MemTotal)
+	}
 	h := p.SpecHost()
-	if h.Restriction != spec.RestrictionNone || !h.Seccomp || !reflect.DeepEqual(h.Paths, wantPaths) {
+	if h.Restriction != spec.RestrictionNone || !h.Seccomp || !reflect.DeepEqual(h.Paths, wantPaths) || h.MemTotal != 24683652*1024 {
 		t.Errorf("SpecHost = %+v", h)
+	}
+}
+
+// TestMemTotal: MemTotal of /proc/meminfo in bytes; 0 (unknown) for a
+// missing file, line or unit the parser does not know.
+func TestMemTotal(t *testing.T) {
+	for _, tc := range []struct {
+		meminfo string
+		want    uint64
+	}{
+		{"MemTotal:       24683652 kB\nMemFree: 1 kB\n", 24683652 << 10},
+		{"MemFree: 1 kB\nMemTotal: 1024 kB\n", 1 << 20},
+		{"MemTotal: 12 MB\n", 0},
+		{"MemTotal: x kB\n", 0},
+		{"MemFree: 1 kB\n", 0},
+		{"", 0},
+	} {
+		files := map[string]string{}
+		if tc.meminfo != "" {
+			files["proc/meminfo"] = tc.meminfo
+		}
+		if got := memTotal(fakeEnv(fakeRoot(t, files), nil)); got != tc.want {
+			t.Errorf("memTotal(%q) = %d, want %d", tc.meminfo, got, tc.want)
+		}
 	}
 }
 

@@ -69,8 +69,8 @@ func (g *Group) SocketDir() string { return filepath.Join(g.Dir, groupSock) }
 // racing Leave cannot end the group in between. The caller may Join again
 // later with the container's init pid.
 func OpenGroup(ctx context.Context, root, name, id string, pid int, opts GroupOptions) (*Group, error) {
-	if err := checkID(name); err != nil {
-		return nil, fmt.Errorf("group %q: %w", name, err)
+	if err := checkName("group name", name); err != nil {
+		return nil, err
 	}
 	g := &Group{Name: name, Dir: GroupDir(root, name)}
 	if err := os.MkdirAll(g.Dir, 0o700); err != nil {
@@ -266,8 +266,8 @@ func (g *Group) removeDirIfEmpty() {
 
 // LoadGroup opens an existing group without creating anything.
 func LoadGroup(root, name string) (*Group, error) {
-	if err := checkID(name); err != nil {
-		return nil, fmt.Errorf("group %q: %w", name, err)
+	if err := checkName("group name", name); err != nil {
+		return nil, err
 	}
 	g := &Group{Name: name, Dir: GroupDir(root, name)}
 	d, err := tensoripc.Open(g.ShmDir(), tensoripc.Options{Group: name})

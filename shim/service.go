@@ -289,6 +289,10 @@ func (s *service) buildSpec(ctx context.Context, id, bundle string) (_ *specs.Sp
 	if err != nil {
 		return nil, "", err
 	}
+	// Before the group's tmpfs is made of limits.shm_size.
+	if err := spec.CheckHostLimits(m.Limits, host); err != nil {
+		return nil, "", invalid("pyisolate: %v", err)
+	}
 	rootfs := ""
 	if plain.Root != nil && plain.Root.Path != "" {
 		rootfs = plain.Root.Path

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -45,7 +46,88 @@ const (
 	// manifest named (UserPaths): the runtime binds them as the objects that
 	// were checked, never by name again (see PinnedPaths).
 	AnnotationUserPaths = "io.pyisolate.out.user-paths"
+	// AnnotationDefaults lists, comma separated, the limits Build took from
+	// the sandbox's defaults because the manifest left them out, each as
+	// field=value ("limits.memory=12052Mi,limits.pids=2048,cpu.shares=1024,
+	// limits.tmp_size=1Gi"). See DefaultsList.
+	AnnotationDefaults = "io.pyisolate.out.defaults"
 )
+
+// The sandbox's default limits, for a manifest that leaves a limit out (or
+// sets it to 0). What a manifest sets is kept as it is.
+const (
+	// DefaultPids is the default process limit (Podman's default
+	// pids-limit): far above what a Python extension needs, far below
+	// what a fork bomb makes.
+	DefaultPids = 2048
+	// DefaultCPUShares is the CPU weight of every sandbox: cpu.shares 1024
+	// on cgroup v1 (the kernel's default), cpu.weight 100 on v2 (as
+	// libcontainer converts it), so that siblings under /pyisolate share
+	// the CPU evenly. limits.cpus adds a quota on top.
+	DefaultCPUShares = 1024
+	// DefaultTmpSize is the size of the private /tmp tmpfs when the memory
+	// limit is larger (or unknown) and limits.tmp_size is left out.
+	DefaultTmpSize ByteSize = 1 << 30
+	// DefaultPrivateShmSize is the size of a private /dev/shm, made when
+	// the container is in no group (spec previews), without shm_size.
+	DefaultPrivateShmSize ByteSize = 64 << 20
+)
+
+// DefaultMemory is the default memory limit on host h: half of its memory,
+// rounded down to a MiB; 0 (no default) when h.MemTotal is unknown.
+func DefaultMemory(h Host) ByteSize {
+	if h.MemTotal <= 0 {
+		return 0
+	}
+	return ByteSize(h.MemTotal / 2 &^ (1<<20 - 1))
+}
+
+// CheckHostLimits checks the limits that only make sense against the host:
+// a tmpfs (limits.shm_size, limits.tmp_size) larger than the host's memory
+// is refused, since it would let the sandbox fill the machine's memory. An
+// unknown host memory (h.MemTotal 0) caps nothing. Errors are *FieldError
+// naming the field and the cap. Build calls it; callers that act on
+// shm_size before building (creating the group's tmpfs) call it first.
+func CheckHostLimits(l Limits, h Host) error {
+	if h.MemTotal <= 0 {
+		return nil
+	}
+	memory := ByteSize(h.MemTotal)
+	for _, f := range []struct {
+		field string
+		size  ByteSize
+	}{{"limits.shm_size", l.ShmSize}, {"limits.tmp_size", l.TmpSize}} {
+		if f.size > memory {
+			return fieldErr(f.field, "%s is larger than this host's memory (%s): at most %s is allowed",
+				f.size, humanSize(memory), humanSize(memory))
+		}
+	}
+	return nil
+}
+
+// humanSize writes a size rounded to one decimal of its largest binary
+// unit ("23.5Gi"), or exactly when it is a whole number of it.
+func humanSize(b ByteSize) string {
+	for _, u := range []sizeUnit{{"Ti", 1 << 40}, {"Gi", 1 << 30}, {"Mi", 1 << 20}, {"Ki", 1 << 10}} {
+		if int64(b) >= u.factor {
+			if int64(b)%u.factor == 0 {
+				return fmt.Sprintf("%d%s", int64(b)/u.factor, u.suffix)
+			}
+			return fmt.Sprintf("%.1f%s", float64(b)/float64(u.factor), u.suffix)
+		}
+	}
+	return fmt.Sprintf("%d", int64(b))
+}
+
+// DefaultsList returns the entries of a spec's AnnotationDefaults
+// ("limits.pids=2048", ...), nil when no default was applied.
+func DefaultsList(s *specs.Spec) []string {
+	v := s.Annotations[AnnotationDefaults]
+	if v == "" {
+		return nil
+	}
+	return strings.Split(v, ",")
+}
 
 // Default ID mapping: container ids 0..65535 map to host ids starting here.
 // Every member of a group maps to the same host ids, so members can open each
@@ -158,6 +240,9 @@ func Build(m *Manifest, h Host, o Options) (*specs.Spec, error) {
 	if !filepath.IsAbs(o.Rootfs) {
 		return nil, fmt.Errorf("build spec: rootfs %q is not an absolute path", o.Rootfs)
 	}
+	if err := CheckHostLimits(m.Limits, h); err != nil {
+		return nil, err
+	}
 	b := &builder{m: m, h: h, o: o, drop: Degradations(h.Restriction)}
 	if !h.Seccomp {
 		b.drop = append(b.drop, DropSeccomp)
@@ -185,8 +270,18 @@ func Build(m *Manifest, h Host, o Options) (*specs.Spec, error) {
 	if m.ShareCUDAIPC {
 		s.Annotations[AnnotationShareCUDAIPC] = "true"
 	}
-	if b, err := json.Marshal(UserPaths(m)); err == nil {
-		s.Annotations[AnnotationUserPaths] = string(b)
+	if paths, err := json.Marshal(UserPaths(m)); err == nil {
+		s.Annotations[AnnotationUserPaths] = string(paths)
+	}
+	if len(b.defaults) > 0 {
+		// In a fixed order, whatever order the builder met them in.
+		order := []string{"limits.memory", "limits.pids", "cpu.shares", "limits.tmp_size"}
+		slices.SortStableFunc(b.defaults, func(x, y string) int {
+			kx, _, _ := strings.Cut(x, "=")
+			ky, _, _ := strings.Cut(y, "=")
+			return slices.Index(order, kx) - slices.Index(order, ky)
+		})
+		s.Annotations[AnnotationDefaults] = strings.Join(b.defaults, ",")
 	}
 	if len(b.drop) > 0 {
 		names := make([]string, len(b.drop))
@@ -231,6 +326,38 @@ type builder struct {
 	h    Host
 	o    Options
 	drop []Degradation
+	// defaults are the limits taken from defaults, as field=value, for
+	// AnnotationDefaults.
+	defaults []string
+}
+
+// useDefault records that field got its default value.
+func (b *builder) useDefault(field, value string) {
+	b.defaults = append(b.defaults, field+"="+value)
+}
+
+// memoryLimit is the memory limit the sandbox gets: the manifest's, else
+// the host's default; 0 when there is none.
+func (b *builder) memoryLimit() ByteSize {
+	if b.m.Limits.Memory > 0 {
+		return b.m.Limits.Memory
+	}
+	return DefaultMemory(b.h)
+}
+
+// tmpSize is the size of the private /tmp: limits.tmp_size, else the
+// smaller of DefaultTmpSize and the memory limit (tmpfs pages count against
+// the memory cgroup of the process that writes them).
+func (b *builder) tmpSize() ByteSize {
+	if b.m.Limits.TmpSize > 0 {
+		return b.m.Limits.TmpSize
+	}
+	size := DefaultTmpSize
+	if mem := b.memoryLimit(); mem > 0 && mem < size && !b.dropped(DropCgroupLimits) {
+		size = mem
+	}
+	b.useDefault("limits.tmp_size", size.String())
+	return size
 }
 
 func (b *builder) dropped(d Degradation) bool { return slices.Contains(b.drop, d) }
@@ -331,7 +458,7 @@ func (b *builder) mounts() []specs.Mount {
 	// Private /tmp before the binds, as bwrap orders it: a module, venv or
 	// user path that lives under the host's /tmp is bound on top of it
 	// rather than hidden by it.
-	add("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777", "size=1g")
+	add("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777", fmt.Sprintf("size=%d", b.tmpSize()))
 	bound := []string{}
 	bind := func(p string, opts []string) {
 		add(p, "bind", p, opts...)
@@ -361,7 +488,7 @@ func (b *builder) mounts() []specs.Mount {
 	} else {
 		size := int64(m.Limits.ShmSize)
 		if size <= 0 {
-			size = 64 << 20
+			size = int64(DefaultPrivateShmSize)
 		}
 		add(ShmMount, "tmpfs", "shm", "nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%d", size))
 	}
@@ -476,21 +603,30 @@ func (b *builder) linux(s *specs.Spec) *specs.Linux {
 	return l
 }
 
-// limits fills the cgroup limits from the manifest.
+// limits fills the cgroup limits from the manifest, with the defaults for
+// what it leaves out: memory (DefaultMemory, when the host's memory is
+// known), pids (DefaultPids) and the CPU weight (DefaultCPUShares, always).
 func (b *builder) limits(r *specs.LinuxResources) {
 	lim := b.m.Limits
-	if lim.Memory > 0 {
-		mem := int64(lim.Memory)
+	if mem := int64(b.memoryLimit()); mem > 0 {
+		if lim.Memory <= 0 {
+			b.useDefault("limits.memory", ByteSize(mem).String())
+		}
 		// Swap equal to the limit: no swap beyond memory.
 		r.Memory = &specs.LinuxMemory{Limit: &mem, Swap: &mem}
 	}
-	if lim.Pids > 0 {
-		pids := lim.Pids
-		r.Pids = &specs.LinuxPids{Limit: &pids}
+	pids := lim.Pids
+	if pids <= 0 {
+		pids = DefaultPids
+		b.useDefault("limits.pids", strconv.Itoa(DefaultPids))
 	}
+	r.Pids = &specs.LinuxPids{Limit: &pids}
+	shares := uint64(DefaultCPUShares)
+	r.CPU = &specs.LinuxCPU{Shares: &shares}
+	b.useDefault("cpu.shares", strconv.Itoa(DefaultCPUShares))
 	if lim.CPUs > 0 {
 		period := uint64(100000)
 		quota := int64(lim.CPUs * float64(period))
-		r.CPU = &specs.LinuxCPU{Period: &period, Quota: &quota}
+		r.CPU.Period, r.CPU.Quota = &period, &quota
 	}
 }

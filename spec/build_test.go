@@ -275,11 +275,128 @@ func TestBuildLimits(t *testing.T) {
 	if r.CPU == nil || *r.CPU.Quota != 150000 || *r.CPU.Period != 100000 {
 		t.Errorf("cpu = %+v", r.CPU)
 	}
-	m := sampleManifest()
-	m.Limits = Limits{}
-	s = mustBuild(t, m, fullHost(), sampleOptions())
-	if r := s.Linux.Resources; r.Memory != nil || r.Pids != nil || r.CPU != nil {
-		t.Errorf("limits without manifest limits: %+v", r)
+	if r.CPU == nil || r.CPU.Shares == nil || *r.CPU.Shares != DefaultCPUShares {
+		t.Errorf("cpu shares = %+v, want the default %d besides the quota", r.CPU, DefaultCPUShares)
+	}
+}
+
+// TestBuildDefaultLimits: a limit the manifest leaves out gets the stated
+// default (pids 2048, half the host's memory, cpu.shares 1024, /tmp at most
+// 1 GiB and at most the memory limit), recorded in AnnotationDefaults; a
+// limit the manifest sets is kept and not listed. Before, a manifest
+// without limits had no pids, memory or CPU limit and a 1g /tmp.
+func TestBuildDefaultLimits(t *testing.T) {
+	host := func(mem int64) Host { h := fullHost(); h.MemTotal = mem; return h }
+	tests := []struct {
+		name         string
+		limits       Limits
+		host         Host
+		memory       int64 // 0: no memory limit
+		pids         int64 // 0: no pids limit
+		quota        int64 // 0: no CPU quota
+		tmp          string
+		defaults     string
+		cgroupLimits bool
+	}{
+		{"none set, 8Gi host", Limits{}, host(8 << 30), 4 << 30, DefaultPids, 0, "size=1073741824",
+			"limits.memory=4Gi,limits.pids=2048,cpu.shares=1024,limits.tmp_size=1Gi", true},
+		{"none set, small host: /tmp within the memory limit", Limits{}, host(1 << 30), 512 << 20, DefaultPids, 0, "size=536870912",
+			"limits.memory=512Mi,limits.pids=2048,cpu.shares=1024,limits.tmp_size=512Mi", true},
+		{"odd host memory rounds down to a MiB", Limits{}, host(24683652 << 10), 12052 << 20, DefaultPids, 0, "size=1073741824",
+			"limits.memory=12052Mi,limits.pids=2048,cpu.shares=1024,limits.tmp_size=1Gi", true},
+		{"unknown host memory: no memory default", Limits{}, host(0), 0, DefaultPids, 0, "size=1073741824",
+			"limits.pids=2048,cpu.shares=1024,limits.tmp_size=1Gi", true},
+		{"explicit limits kept", Limits{Memory: 256 << 20, Pids: 64, CPUs: 0.5}, host(8 << 30), 256 << 20, 64, 50000, "size=268435456",
+			"cpu.shares=1024,limits.tmp_size=256Mi", true},
+		{"explicit pids above the default kept", Limits{Pids: 100000}, host(8 << 30), 4 << 30, 100000, 0, "size=1073741824",
+			"limits.memory=4Gi,cpu.shares=1024,limits.tmp_size=1Gi", true},
+		{"explicit tmp_size kept, even above the memory limit", Limits{Memory: 256 << 20, TmpSize: 2 << 30}, host(8 << 30), 256 << 20, DefaultPids, 0, "size=2147483648",
+			"limits.pids=2048,cpu.shares=1024", true},
+		{"no cgroup limits (no-caps): only /tmp", Limits{}, Host{Restriction: RestrictionNoCaps, Seccomp: true, MemTotal: 1 << 30}, 0, 0, 0, "size=1073741824",
+			"limits.tmp_size=1Gi", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := sampleManifest()
+			m.Limits = tt.limits
+			s := mustBuild(t, m, tt.host, sampleOptions())
+			r := s.Linux.Resources
+			switch {
+			case tt.memory == 0 && r.Memory != nil:
+				t.Errorf("memory = %d, want none", *r.Memory.Limit)
+			case tt.memory != 0 && (r.Memory == nil || *r.Memory.Limit != tt.memory || *r.Memory.Swap != tt.memory):
+				t.Errorf("memory = %+v, want limit and swap %d", r.Memory, tt.memory)
+			}
+			switch {
+			case tt.pids == 0 && r.Pids != nil:
+				t.Errorf("pids = %d, want none", *r.Pids.Limit)
+			case tt.pids != 0 && (r.Pids == nil || *r.Pids.Limit != tt.pids):
+				t.Errorf("pids = %+v, want %d", r.Pids, tt.pids)
+			}
+			if tt.cgroupLimits {
+				if r.CPU == nil || r.CPU.Shares == nil || *r.CPU.Shares != DefaultCPUShares {
+					t.Errorf("cpu = %+v, want shares %d", r.CPU, DefaultCPUShares)
+				} else if tt.quota == 0 && r.CPU.Quota != nil || tt.quota != 0 && (r.CPU.Quota == nil || *r.CPU.Quota != tt.quota) {
+					t.Errorf("cpu quota = %v, want %d", r.CPU.Quota, tt.quota)
+				}
+			} else if r.CPU != nil {
+				t.Errorf("cpu = %+v without cgroup limits", r.CPU)
+			}
+			if mt := findMount(s, "/tmp"); mt == nil || !slices.Contains(mt.Options, tt.tmp) {
+				t.Errorf("/tmp = %+v, want %s", mt, tt.tmp)
+			}
+			if got := s.Annotations[AnnotationDefaults]; got != tt.defaults {
+				t.Errorf("%s = %q, want %q", AnnotationDefaults, got, tt.defaults)
+			}
+			if got := strings.Join(DefaultsList(s), ","); got != tt.defaults {
+				t.Errorf("DefaultsList = %q", got)
+			}
+		})
+	}
+}
+
+// TestBuildHostCaps: a tmpfs larger than the host's memory is refused,
+// naming the field and the cap; the host's memory itself is allowed, and
+// an unknown host memory caps nothing. Before, shm_size "8000000T" mounted
+// a 7 EiB tmpfs.
+func TestBuildHostCaps(t *testing.T) {
+	huge, err := ParseByteSize("8000000T")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		limits  Limits
+		mem     int64
+		field   string // "" for no error
+		message string
+	}{
+		{"shm_size 8000000T", Limits{ShmSize: huge}, 8 << 30, "limits.shm_size", "8000000T is larger than this host's memory (8Gi): at most 8Gi is allowed"},
+		{"shm_size one byte over", Limits{ShmSize: 8<<30 + 1}, 8 << 30, "limits.shm_size", "at most 8Gi"},
+		{"tmp_size over", Limits{TmpSize: 30 << 30}, 24683652 << 10, "limits.tmp_size", "30Gi is larger than this host's memory (23.5Gi)"},
+		{"shm_size equal to memory", Limits{ShmSize: 8 << 30, TmpSize: 8 << 30}, 8 << 30, "", ""},
+		{"unknown host memory", Limits{ShmSize: huge}, 0, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := sampleManifest()
+			m.Limits = tt.limits
+			h := fullHost()
+			h.MemTotal = tt.mem
+			o := sampleOptions()
+			o.ShmDir = "" // a private /dev/shm of shm_size
+			_, err := Build(m, h, o)
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("Build: %v", err)
+				}
+				return
+			}
+			wantFieldError(t, err, tt.field, tt.message)
+			if err2 := CheckHostLimits(tt.limits, h); err2 == nil || err2.Error() != err.Error() {
+				t.Errorf("CheckHostLimits = %v, want the error of Build", err2)
+			}
+		})
 	}
 }
 

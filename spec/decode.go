@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -233,6 +234,7 @@ var manifestSchema = &schema{kind: kindObject, fields: map[string]*schema{
 		"pids":     schemaInt,
 		"cpus":     schemaFloat,
 		"shm_size": schemaSize,
+		"tmp_size": schemaSize,
 	}},
 	"gpus":    schemaStrings,
 	"command": schemaStrings,
@@ -541,16 +543,31 @@ func validateName(field, s string, required bool) error {
 		return fieldErr(field, "is required")
 	case s == "":
 		return nil
+	}
+	if err := CheckName(s); err != nil {
+		return &FieldError{Field: field, Msg: err.Error()}
+	}
+	return nil
+}
+
+// CheckName checks a non-empty extension name or isolation group name by
+// the manifest's rule: 1 to MaxNameLength letters, digits, '.', '_' and '-',
+// not starting with '.' or '-'. The CLI checks its --group flag with it, so
+// that a group has one rule wherever it is given.
+func CheckName(s string) error {
+	switch {
+	case s == "":
+		return errors.New("is empty")
 	case len(s) > MaxNameLength:
-		return fieldErr(field, "%q is %d characters long, at most %d are allowed", s, len(s), MaxNameLength)
+		return fmt.Errorf("%q... is %d characters long, at most %d are allowed", s[:16], len(s), MaxNameLength)
 	}
 	for _, r := range s {
 		if !isNameChar(r) {
-			return fieldErr(field, "%q contains %q: only letters, digits, '.', '_' and '-' are allowed", s, r)
+			return fmt.Errorf("%q contains %q: only letters, digits, '.', '_' and '-' are allowed", s, r)
 		}
 	}
 	if s[0] == '.' || s[0] == '-' {
-		return fieldErr(field, "%q must not start with '.' or '-'", s)
+		return fmt.Errorf("%q must not start with '.' or '-'", s)
 	}
 	return nil
 }
@@ -656,6 +673,8 @@ func (l Limits) validate() error {
 		return fieldErr("limits.cpus", "%v is too large: at most %d", l.CPUs, MaxCPUs)
 	case l.ShmSize < 0:
 		return fieldErr("limits.shm_size", "must not be negative (got %d)", int64(l.ShmSize))
+	case l.TmpSize < 0:
+		return fieldErr("limits.tmp_size", "must not be negative (got %d)", int64(l.TmpSize))
 	}
 	return nil
 }
@@ -871,6 +890,8 @@ const (
 	AnnotationFieldCPUs = "io.pyisolate.cpus"
 	// AnnotationFieldShmSize holds limits.shm_size, as a size string.
 	AnnotationFieldShmSize = "io.pyisolate.shm_size"
+	// AnnotationFieldTmpSize holds limits.tmp_size, as a size string.
+	AnnotationFieldTmpSize = "io.pyisolate.tmp_size"
 )
 
 // annotationField maps one per-field annotation to the manifest.
@@ -912,6 +933,10 @@ var annotationFields = []annotationField{
 	}},
 	{AnnotationFieldShmSize, "limits.shm_size", func(m *Manifest, v string) (err error) {
 		m.Limits.ShmSize, err = ParseByteSize(v)
+		return err
+	}},
+	{AnnotationFieldTmpSize, "limits.tmp_size", func(m *Manifest, v string) (err error) {
+		m.Limits.TmpSize, err = ParseByteSize(v)
 		return err
 	}},
 	{AnnotationFieldGPUs, "gpus", func(m *Manifest, v string) (err error) {
@@ -1061,7 +1086,9 @@ const MaxConfigSize = 16 << 20
 // config.json is decoded strictly as JSON (syntax errors name the file, the
 // line, the column and the offset; trailing data is an error) but, as the OCI runtime
 // spec requires, unknown properties are ignored. pyisolate.json must be a
-// regular file, not a symlink.
+// regular file, not a symlink; config.json a regular file or a symlink to
+// one. A FIFO, socket, device or directory under either name is refused
+// without blocking (see readBundleFile).
 //
 // A manifest found is checked with CheckPaths against this bundle, so its
 // path fields hold resolved paths on return.
@@ -1151,19 +1178,36 @@ func describeJSONError(data []byte, err error) error {
 
 // readBundleFile reads a regular file of a bundle, at most limit bytes.
 // followLinks says whether the file may be a symlink. A missing file gives
-// an error matching fs.ErrNotExist.
+// an error matching fs.ErrNotExist. Anything but a regular file (a FIFO, a
+// device, a socket, a directory) is refused, judged on the opened
+// descriptor: the file is opened non-blocking, so that opening a FIFO
+// without a writer cannot hang, and without following a final symlink when
+// followLinks is false, so that nothing can be swapped in between a check
+// and the open.
 func readBundleFile(file string, limit int64, followLinks bool) ([]byte, error) {
+	flags := os.O_RDONLY | syscall.O_NONBLOCK | syscall.O_CLOEXEC
 	if !followLinks {
-		fi, err := os.Lstat(file)
-		if err != nil {
+		flags |= syscall.O_NOFOLLOW
+	}
+	f, err := os.OpenFile(file, flags, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil, err
 		}
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			return nil, fmt.Errorf("%s: must be a regular file, not a symlink", file)
+		// Say why when the open failed on what the file is: a symlink
+		// (ELOOP) or a socket (ENXIO).
+		stat := os.Stat
+		if !followLinks {
+			stat = os.Lstat
 		}
-	}
-	f, err := os.Open(file)
-	if err != nil {
+		if fi, serr := stat(file); serr == nil {
+			switch {
+			case fi.Mode()&fs.ModeSymlink != 0:
+				return nil, fmt.Errorf("%s: must be a regular file, not a symlink", file)
+			case !fi.Mode().IsRegular():
+				return nil, fmt.Errorf("%s: not a regular file (it is %s): must be a regular file", file, fileKind(fi.Mode()))
+			}
+		}
 		return nil, err
 	}
 	defer f.Close()
@@ -1172,7 +1216,7 @@ func readBundleFile(file string, limit int64, followLinks bool) ([]byte, error) 
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", file)
+		return nil, fmt.Errorf("%s: not a regular file (it is %s): must be a regular file", file, fileKind(fi.Mode()))
 	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
@@ -1182,4 +1226,23 @@ func readBundleFile(file string, limit int64, followLinks bool) ([]byte, error) 
 		return nil, fmt.Errorf("%s: larger than %d bytes", file, limit)
 	}
 	return data, nil
+}
+
+// fileKind names the type of a file that is not a regular one.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	}
+	return "not a regular file"
 }

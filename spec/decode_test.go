@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // doc returns a minimal valid manifest with extra members appended.
@@ -44,7 +47,7 @@ func TestDecodeManifestComplete(t *testing.T) {
 	  "sandbox": {"network": true, "writable_paths": ["/srv/out"], "readonly_paths": ["/srv/models", "/srv/in"]},
 	  "env": {"HF_HOME": "/srv/models/hf", "_X1": ""},
 	  "group": "comfy",
-	  "limits": {"memory": "2Gi", "pids": 128, "cpus": 1.5, "shm_size": 1073741824},
+	  "limits": {"memory": "2Gi", "pids": 128, "cpus": 1.5, "shm_size": 1073741824, "tmp_size": "256Mi"},
 	  "gpus": ["nvidia.com/gpu=0", "nvidia.com/gpu=all"],
 	  "command": ["/opt/venvs/impact/bin/python3", "-m", "impact", "--flag"]
 	}`
@@ -67,7 +70,7 @@ func TestDecodeManifestComplete(t *testing.T) {
 		},
 		Env:     map[string]string{"HF_HOME": "/srv/models/hf", "_X1": ""},
 		Group:   "comfy",
-		Limits:  Limits{Memory: 2 << 30, Pids: 128, CPUs: 1.5, ShmSize: 1 << 30},
+		Limits:  Limits{Memory: 2 << 30, Pids: 128, CPUs: 1.5, ShmSize: 1 << 30, TmpSize: 256 << 20},
 		GPUs:    []string{"nvidia.com/gpu=0", "nvidia.com/gpu=all"},
 		Command: []string{"/opt/venvs/impact/bin/python3", "-m", "impact", "--flag"},
 	}
@@ -244,6 +247,8 @@ func TestDecodeManifestErrors(t *testing.T) {
 		{"cpus too small", doc(`,"limits":{"cpus":0.001}`), "limits.cpus", "too small"},
 		{"cpus too large", doc(`,"limits":{"cpus":100000}`), "limits.cpus", "too large"},
 		{"shm_size negative", doc(`,"limits":{"shm_size":-5}`), "limits.shm_size", "must not be negative"},
+		{"tmp_size negative", doc(`,"limits":{"tmp_size":-5}`), "limits.tmp_size", "must not be negative"},
+		{"tmp_size bad", doc(`,"limits":{"tmp_size":"1g"}`), "limits.tmp_size", `unknown unit "g"`},
 
 		// gpus.
 		{"gpu no class", doc(`,"gpus":["nvidia.com=0"]`), "gpus[0]", "no '/'"},
@@ -573,6 +578,7 @@ func TestManifestFromAnnotations(t *testing.T) {
 			AnnotationFieldPids:           "64",
 			AnnotationFieldCPUs:           "0.5",
 			AnnotationFieldShmSize:        "256Mi",
+			AnnotationFieldTmpSize:        "512Mi",
 			AnnotationDegraded:            "seccomp",
 			AnnotationOutPrefix + "name":  "ignored",
 			"org.example.other":           "ignored",
@@ -585,7 +591,7 @@ func TestManifestFromAnnotations(t *testing.T) {
 			Name: "ext", ModulePath: "/m", Venv: "/v", Python: "/v/bin/python3", Group: "g",
 			ExecutionModel: Sealed, ShareTorch: true, Sandbox: Sandbox{Network: true},
 			GPUs:   []string{"nvidia.com/gpu=0", "nvidia.com/gpu=1"},
-			Limits: Limits{Memory: 1 << 30, Pids: 64, CPUs: 0.5, ShmSize: 256 << 20},
+			Limits: Limits{Memory: 1 << 30, Pids: 64, CPUs: 0.5, ShmSize: 256 << 20, TmpSize: 512 << 20},
 		}
 		if !reflect.DeepEqual(m, want) {
 			t.Fatalf("got  %+v\nwant %+v", m, want)
@@ -635,6 +641,7 @@ func TestManifestFromAnnotations(t *testing.T) {
 		{"bad memory", with(AnnotationFieldMemory, "12XB"), AnnotationFieldMemory, `invalid size "12XB"`},
 		{"small memory", with(AnnotationFieldMemory, "1Mi"), AnnotationFieldMemory, "too small"},
 		{"bad shm", with(AnnotationFieldShmSize, "-1"), AnnotationFieldShmSize, "must not be negative"},
+		{"bad tmp", with(AnnotationFieldTmpSize, "-1"), AnnotationFieldTmpSize, "must not be negative"},
 		{"bad pids", with(AnnotationFieldPids, "many"), AnnotationFieldPids, `must be an integer, got "many"`},
 		{"negative pids", with(AnnotationFieldPids, "-3"), AnnotationFieldPids, "must not be negative"},
 		{"bad cpus", with(AnnotationFieldCPUs, "two"), AnnotationFieldCPUs, `must be a number, got "two"`},
@@ -824,6 +831,76 @@ func TestLoadBundle(t *testing.T) {
 			t.Fatalf("error %v", err)
 		}
 	})
+}
+
+// TestCheckName: the rule of names and groups, which the CLI applies to
+// --group too.
+func TestCheckName(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"comfy-ext_1.0", ""},
+		{strings.Repeat("g", MaxNameLength), ""},
+		{"", "is empty"},
+		{strings.Repeat("g", 1000), `"gggggggggggggggg"... is 1000 characters long, at most 64 are allowed`},
+		{"a/b", `"a/b" contains '/'`},
+		{"a+b", `"a+b" contains '+'`},
+		{"..", `".." must not start with '.' or '-'`},
+		{"-x", `must not start with '.' or '-'`},
+	} {
+		err := CheckName(tc.in)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("CheckName(%.20q) = %v, want %q", tc.in, err, tc.want)
+		}
+	}
+}
+
+// TestLoadBundleNonRegular: a FIFO, a socket, a device or a directory named
+// pyisolate.json or config.json is refused at once, naming the file and the
+// rule; before, opening a FIFO without a writer hung forever.
+func TestLoadBundleNonRegular(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		file string
+		make func(p string) error
+		want string
+	}{
+		{"fifo manifest", ManifestFile, func(p string) error { return syscall.Mkfifo(p, 0o644) }, "it is a FIFO"},
+		{"fifo config", ConfigFile, func(p string) error { return syscall.Mkfifo(p, 0o644) }, "it is a FIFO"},
+		{"directory config", ConfigFile, func(p string) error { return os.Mkdir(p, 0o755) }, "it is a directory"},
+		{"device config (symlink to /dev/null)", ConfigFile, func(p string) error { return os.Symlink("/dev/null", p) }, "it is a character device"},
+		{"socket manifest", ManifestFile, func(p string) error {
+			l, err := net.Listen("unix", p)
+			if err == nil {
+				t.Cleanup(func() { l.Close() })
+			}
+			return err
+		}, "it is a socket"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, tt.file)
+			if err := tt.make(p); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, _, err := LoadBundle(dir)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), p+": not a regular file") ||
+					!strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+					t.Errorf("error %v; want one line naming %s and %q", err, p, tt.want)
+				}
+			case <-time.After(5 * time.Second):
+				// Unblock the hung open so that the test can end.
+				if w, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+					w.Close()
+				}
+				t.Fatalf("LoadBundle hangs on %s", tt.name)
+			}
+		})
+	}
 }
 
 // TestREADMEExample decodes the complete example of README.md, so that the

@@ -74,7 +74,7 @@ func FuzzDecodeManifest(f *testing.F) {
 		if !reflect.DeepEqual(m, m2) {
 			t.Fatalf("round trip changed the manifest:\n in  %#v\n out %#v", m, m2)
 		}
-		for _, b := range []ByteSize{m.Limits.Memory, m.Limits.ShmSize} {
+		for _, b := range []ByteSize{m.Limits.Memory, m.Limits.ShmSize, m.Limits.TmpSize} {
 			if back, err := ParseByteSize(b.String()); err != nil || back != b {
 				t.Fatalf("ByteSize %d: String %q parses to %d, %v", int64(b), b.String(), back, err)
 			}

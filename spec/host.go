@@ -51,6 +51,11 @@ type Host struct {
 	// (the system directories and the /etc allow list). A path absent from
 	// Paths is not bound.
 	Paths []string
+	// MemTotal is the host's memory in bytes (MemTotal of /proc/meminfo).
+	// The default memory limit is half of it (see DefaultMemory) and no
+	// tmpfs may be larger (see CheckHostLimits). Zero means unknown: no
+	// default memory limit and no cap.
+	MemTotal int64
 }
 
 // has reports whether p is listed in h.Paths.

@@ -62,17 +62,26 @@ type Sandbox struct {
 	ReadonlyPaths []string `json:"readonly_paths,omitempty"`
 }
 
-// Limits are resource limits of an extension.
+// Limits are resource limits of an extension. A limit left out (or zero)
+// gets the sandbox's default from Build, which records the defaults it
+// applied in the io.pyisolate.out.defaults annotation; a limit the manifest
+// sets is kept as it is.
 type Limits struct {
 	// Memory is the memory limit in bytes (number, or string with a unit:
-	// "512Mi", "2G"). Zero means no limit.
+	// "512Mi", "2G"). Zero: DefaultMemory of the host (half its memory).
 	Memory ByteSize `json:"memory,omitempty"`
-	// Pids is the maximum number of processes. Zero means no limit.
+	// Pids is the maximum number of processes. Zero: DefaultPids.
 	Pids int64 `json:"pids,omitempty"`
-	// CPUs is the CPU quota in cores (1.5 = one and a half). Zero means none.
+	// CPUs is the CPU quota in cores (1.5 = one and a half). Zero means no
+	// quota; the CPU weight is DefaultCPUShares either way.
 	CPUs float64 `json:"cpus,omitempty"`
-	// ShmSize is the size of the group's /dev/shm tmpfs.
+	// ShmSize is the size of the group's /dev/shm tmpfs. Zero: the group's
+	// default (runtime side: half the free memory, at most 1 GiB). At most
+	// the host's memory.
 	ShmSize ByteSize `json:"shm_size,omitempty"`
+	// TmpSize is the size of the private /tmp tmpfs. Zero: DefaultTmpSize
+	// or the memory limit, whichever is smaller. At most the host's memory.
+	TmpSize ByteSize `json:"tmp_size,omitempty"`
 }
 
 // ByteSize is a size in bytes. In JSON it is a non-negative integer or a

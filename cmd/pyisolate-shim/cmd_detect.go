@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -41,13 +39,10 @@ func detectMain(args []string) int {
 
 // runDetect is detectMain with its output and detector given.
 func runDetect(ctx context.Context, args []string, w io.Writer, detect func(context.Context) (*runtime.Profile, error)) int {
-	fs := flag.NewFlagSet("detect", flag.ContinueOnError)
+	fs := newFlagSet("detect", "[--json]\n\nShows what this host allows: restriction model, cgroups, seccomp, /dev/shm, GPUs and CUDA IPC.")
 	asJSON := fs.Bool("json", false, "print the host profile as JSON")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return exitUsage
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
 	}
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "detect: unexpected argument %q", fs.Arg(0))

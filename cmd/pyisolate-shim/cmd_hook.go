@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -32,11 +33,11 @@ when the bundle was not prepared.
 `
 
 func hookMain(args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(os.Stderr, hookUsage)
-		if len(args) == 0 {
-			return exitUsage
-		}
+	if len(args) == 0 {
+		return fail(exitUsage, "hook: want a hook: cdi or shm (see 'pyisolate hook -h')")
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(os.Stdout, hookUsage)
 		return 0
 	}
 	switch args[0] {
@@ -60,9 +61,10 @@ func (l *hookStrings) Set(v string) error {
 
 func hookFlags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("hook "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprint(os.Stderr, hookUsage)
-		fs.PrintDefaults()
+		fmt.Fprint(os.Stdout, hookUsage+"\n")
+		printDefaults(fs)
 	}
 	return fs
 }
@@ -73,8 +75,8 @@ func hookCDI(args []string) int {
 	var dirs, devices hookStrings
 	fs.Var(&dirs, "spec-dir", "CDI spec directory, lowest priority first (repeatable; default /etc/cdi, /var/run/cdi)")
 	fs.Var(&devices, "device", "fully qualified CDI device to inject besides the annotations' (repeatable)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
 	}
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "hook cdi: unexpected argument %q", fs.Arg(0))
@@ -109,8 +111,8 @@ func hookShm(args []string) int {
 	fs := hookFlags("shm")
 	bundle := fs.String("bundle", "", "bundle directory whose config.json to rewrite before create")
 	dir := fs.String("dir", "", "the group's shared memory directory on the host (required)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
 	}
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "hook shm: unexpected argument %q", fs.Arg(0))

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -16,7 +15,7 @@ func init() {
 }
 
 func installMain(verb string, args []string) int {
-	fs := flag.NewFlagSet(verb, flag.ContinueOnError)
+	fs := newFlagSet(verb, "[flags]\n")
 	cfg := fs.String("containerd-config", install.DefaultContainerdConfig, "containerd's config.toml (created when missing)")
 	binDir := fs.String("bin-dir", install.DefaultBinDir, "directory on containerd's PATH for pyisolate and "+install.ShimName)
 	name := fs.String("runtime-name", install.DefaultRuntimeName, "runtime table key (the Kubernetes RuntimeClass handler)")
@@ -32,12 +31,8 @@ func installMain(verb string, args []string) int {
 		version = fs.Int("config-version", 0, "config version for a missing or empty config: 2 (containerd 1.x) or 3 (2.x); default from 'containerd --version'")
 		containerd = fs.String("containerd", "containerd", "containerd binary asked for its version when the config is empty")
 	}
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: pyisolate %s [flags]\n\n", verb)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
 	}
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "%s: unexpected argument %q", verb, fs.Arg(0))

@@ -44,24 +44,34 @@ func newFlagSet(name, usage string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fs.SetOutput(os.Stdout)
 		fmt.Fprintf(os.Stdout, "Usage: pyisolate %s %s\n", name, usage)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+		printDefaults(fs)
 	}
 	return fs
 }
 
+// printDefaults prints the flags of fs on stdout.
+func printDefaults(fs *flag.FlagSet) {
+	fs.SetOutput(os.Stdout)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
 // parseFlags parses args into fs. It returns -1 to go on, or the exit status:
-// 0 after -h (usage on stdout), exitUsage after a bad flag (one line on
-// stderr).
+// 0 after -h or --help (the usage once, on stdout), exitUsage after a bad
+// flag (one line on stderr, no usage).
 func parseFlags(fs *flag.FlagSet, args []string) int {
+	// The flag package calls Usage itself on -h and on every error; the
+	// usage is printed here instead, once, and only when asked for.
+	usage := fs.Usage
+	fs.Usage = func() {}
 	err := fs.Parse(args)
+	fs.Usage = usage
 	switch {
 	case err == nil:
 		return -1
 	case errors.Is(err, flag.ErrHelp):
-		fs.Usage()
+		usage()
 		return 0
 	}
 	return fail(exitUsage, "%s: %v (see 'pyisolate %s -h')", fs.Name(), err, fs.Name())
@@ -77,10 +87,11 @@ func runMain(args []string) int {
 		"Runs the bundle's extension in the foreground with stdio attached and exits with\n"+
 		"its status (128+N when killed by signal N, 137 when out of memory); 2 means bad\n"+
 		"input, 125 a runtime failure. The container is deleted afterwards. Members of one\n"+
-		"group share a /dev/shm tmpfs and a socket directory (/run/pyisolate).")
-	group := fs.String("group", "", "isolation group (overrides the manifest's)")
+		"group share a /dev/shm tmpfs and a socket directory (/run/pyisolate). A bundle\n"+
+		"whose config.json sets process.terminal needs stdin to be a terminal.")
+	group := fs.String("group", "", groupFlagHelp)
 	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
-	id := fs.String("id", "", "container id (default: the extension name and a random suffix)")
+	id := fs.String("id", "", idFlagHelp+" (default: the extension name and a random suffix)")
 	retention := fs.Duration("shm-retention", 0, "how long an exited member's shared-memory segments are kept (default 30s; set when the group is created)")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -92,6 +103,9 @@ func runMain(args []string) int {
 	if *retention < 0 {
 		return usageError(fs, "--shm-retention must not be negative")
 	}
+	if code := checkIDFlags("run", *id, *group); code >= 0 {
+		return code
+	}
 	bundle, cmd := rest[0], rest[1:]
 	if len(cmd) > 0 && cmd[0] == "--" {
 		cmd = cmd[1:]
@@ -99,6 +113,39 @@ func runMain(args []string) int {
 	return runBundle(context.Background(), runRequest{
 		Bundle: bundle, Group: *group, Root: *root, ID: *id, Command: cmd, Retention: *retention,
 	})
+}
+
+// Help of the --id and --group flags, which say the rules checkIDFlags
+// applies.
+var (
+	idFlagHelp    = fmt.Sprintf("container id: 1 to %d letters, digits and _+-., not . or ..", runtime.MaxIDLength)
+	groupFlagHelp = fmt.Sprintf("isolation group, overriding the manifest's: 1 to %d letters, digits and ._-, "+
+		"not starting with . or -", spec.MaxNameLength)
+)
+
+// checkIDFlags checks a --id and a --group flag (either may be empty: not
+// given) before anything is done. It returns -1 to go on, or exitUsage after
+// one line naming the flag and the rule.
+func checkIDFlags(verb, id, group string) int {
+	if id != "" {
+		if err := runtime.ValidateID(id); err != nil {
+			return fail(exitUsage, "%s: --id: %v", verb, err)
+		}
+	}
+	if group != "" {
+		if err := spec.CheckName(group); err != nil {
+			return fail(exitUsage, "%s: --group: %v", verb, err)
+		}
+	}
+	return -1
+}
+
+// checkIDArg checks the container ID argument of kill and delete.
+func checkIDArg(verb, id string) int {
+	if err := runtime.ValidateID(id); err != nil {
+		return fail(exitUsage, "%s: ID: %v", verb, err)
+	}
+	return -1
 }
 
 // runRequest is what `pyisolate run` was asked.
@@ -122,6 +169,9 @@ func runBundle(ctx context.Context, req runRequest) int {
 	}
 	if m == nil && plain == nil {
 		return fail(exitUsage, "run: bundle %s: no %s, no %s", bundle, spec.ManifestFile, spec.ConfigFile)
+	}
+	if code := checkBundle(ctx, req.Root, bundle, m, plain); code >= 0 {
+		return code
 	}
 	id := req.ID
 	if id == "" {
@@ -202,7 +252,12 @@ func runBundle(ctx context.Context, req runRequest) int {
 			}
 		}
 	}
+	term, err := attachTerminal(s, &opts)
+	if err != nil {
+		return fail(exitUsage, "run: %v", err)
+	}
 	st, err := r.Run(ctx, id, s, opts)
+	term.Close()
 	if err != nil {
 		return fail(exitRuntime, "run: %v", err)
 	}
@@ -216,6 +271,25 @@ func runBundle(ctx context.Context, req runRequest) int {
 		return 137
 	}
 	return st.Code
+}
+
+// checkBundle refuses, for run, what LoadBundle cannot judge alone, before
+// anything is made: limits of manifest m too large for this host (the
+// group's tmpfs is made of limits.shm_size), a plain bundle asking for a
+// terminal when stdin is none. It returns -1 to go on, or the exit status
+// after one line.
+func checkBundle(ctx context.Context, root, bundle string, m *spec.Manifest, plain *specs.Spec) int {
+	if m == nil {
+		return checkTerminal(bundle, plain)
+	}
+	prof, err := runtime.DetectCached(ctx, root)
+	if err != nil {
+		return fail(exitRuntime, "run: detect host: %v", err)
+	}
+	if err := spec.CheckHostLimits(m.Limits, prof.SpecHost()); err != nil {
+		return fail(exitUsage, "run: %v", err)
+	}
+	return -1
 }
 
 // leaveGroup records that member id exited; the last member ends the group.
@@ -269,7 +343,8 @@ func buildSpec(ctx context.Context, r *runtime.Runtime, bundle, id, group string
 }
 
 // newID makes a container id from name (reduced to the characters ids
-// allow) and a random suffix.
+// allow, and cut to leave room for the suffix within runtime.MaxIDLength)
+// and a random suffix.
 func newID(name string) string {
 	name = strings.Map(func(r rune) rune {
 		switch {
@@ -282,6 +357,7 @@ func newID(name string) string {
 	if name == "" {
 		name = "pyisolate"
 	}
+	name = name[:min(len(name), runtime.MaxIDLength-9)] // "-" and 8 hex digits
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return name + "-" + hex.EncodeToString(b[:])
@@ -349,7 +425,9 @@ func psMain(args []string) int {
 }
 
 func killMain(args []string) int {
-	fs := newFlagSet("kill", "[--root DIR] [--all] ID [SIGNAL]\n\nSIGNAL is a name (TERM, SIGTERM) or a number; default TERM.")
+	fs := newFlagSet("kill", "[--root DIR] [--all] ID [SIGNAL]\n\n"+
+		"SIGNAL is a name (TERM, SIGTERM) or a number; default TERM. Signal 0 sends\n"+
+		"nothing: it checks that the container's init is alive (exit 0, else 1).")
 	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
 	all := fs.Bool("all", false, "signal every process of the container, not only its init")
 	if code := parseFlags(fs, args); code >= 0 {
@@ -357,6 +435,9 @@ func killMain(args []string) int {
 	}
 	if fs.NArg() < 1 || fs.NArg() > 2 {
 		return usageError(fs, "want ID and an optional SIGNAL")
+	}
+	if code := checkIDArg("kill", fs.Arg(0)); code >= 0 {
+		return code
 	}
 	sig := unix.SIGTERM
 	if fs.NArg() == 2 {
@@ -369,16 +450,33 @@ func killMain(args []string) int {
 	if err != nil {
 		return fail(1, "kill: %v", err)
 	}
+	if sig == 0 {
+		return checkAlive(c)
+	}
 	if err := c.Signal(sig, *all); err != nil {
 		return fail(1, "kill: %v", err)
 	}
 	return 0
 }
 
-// parseSignal reads a signal name (KILL, SIGKILL, kill) or number.
+// checkAlive is `kill ID 0`: exit 0 when the container's init is alive
+// (created, running or paused), else 1 with a message.
+func checkAlive(c *runtime.Container) int {
+	st, err := c.State()
+	if err != nil {
+		return fail(1, "kill: %v", err)
+	}
+	if st.Status == runtime.StatusStopped || st.InitPID <= 0 {
+		return fail(1, "kill: container %s is not running (%s)", c.ID(), st.Status)
+	}
+	return 0
+}
+
+// parseSignal reads a signal name (KILL, SIGKILL, kill) or number; 0 is
+// the liveness check of kill(1)'s -0.
 func parseSignal(s string) (syscall.Signal, error) {
 	if n, err := strconv.Atoi(s); err == nil {
-		if n <= 0 || n > 64 {
+		if n < 0 || n > 64 {
 			return 0, fmt.Errorf("signal %q out of range", s)
 		}
 		return syscall.Signal(n), nil
@@ -402,6 +500,9 @@ func deleteMain(args []string) int {
 	}
 	if fs.NArg() != 1 {
 		return usageError(fs, "want one container ID")
+	}
+	if code := checkIDArg("delete", fs.Arg(0)); code >= 0 {
+		return code
 	}
 	ctx := context.Background()
 	r := &runtime.Runtime{Root: *root}

@@ -2,12 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -47,7 +51,8 @@ func TestParseSignal(t *testing.T) {
 		{in: "9", want: unix.SIGKILL},
 		{in: "TERM", want: unix.SIGTERM},
 		{in: "usr1", want: unix.SIGUSR1},
-		{in: "0", bad: true},
+		{in: "0", want: 0},
+		{in: "-1", bad: true},
 		{in: "65", bad: true},
 		{in: "NOPE", bad: true},
 		{in: "", bad: true},
@@ -68,10 +73,13 @@ func TestFormatBytes(t *testing.T) {
 }
 
 func TestNewID(t *testing.T) {
-	for _, name := range []string{"hello", "a b/c", "..", ""} {
+	for _, name := range []string{"hello", "a b/c", "..", "", strings.Repeat("x", 255)} {
 		id := newID(name)
 		if err := checkIDChars(id); err != nil || id == newID(name) {
 			t.Errorf("newID(%q) = %q (%v)", name, id, err)
+		}
+		if err := runtime.ValidateID(id); err != nil {
+			t.Errorf("newID(%q) = %q: %v", name, id, err)
 		}
 	}
 }
@@ -118,6 +126,8 @@ func TestCLIUsageErrors(t *testing.T) {
 	broken := filepath.Join(dir, "broken")
 	os.Mkdir(broken, 0o755)
 	os.WriteFile(filepath.Join(broken, "config.json"), []byte(`{"ociVersion": "1.0.2",`), 0o644)
+	state := filepath.Join(dir, "state") // must never be made
+	long := strings.Repeat("a", 1000)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -132,6 +142,21 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"kill signal", []string{"kill", "x", "NOSUCH"}, "unknown signal"},
 		{"kill no id", []string{"kill"}, "want ID"},
 		{"delete no id", []string{"delete"}, "want one container ID"},
+		// Bad ids and groups: exit 2 naming the flag and the rule, before
+		// the bundle is even read (dir has neither file).
+		{"run id slash", []string{"run", "--root", state, "--id", "a/b", dir}, `--id: container id "a/b" contains '/': only letters`},
+		{"run id dotdot", []string{"run", "--root", state, "--id", "..", dir}, `--id: container id ".." is not allowed`},
+		{"run id too long", []string{"run", "--root", state, "--id", long, dir}, "--id: container id is 1000 characters long, at most 128 are allowed"},
+		{"run group slash", []string{"run", "--root", state, "--group", "a/b", dir}, `--group: "a/b" contains '/'`},
+		{"run group dotdot", []string{"run", "--root", state, "--group", "..", dir}, `--group: ".." must not start with '.'`},
+		{"run group too long", []string{"run", "--root", state, "--group", long, dir}, "--group: \"" + long[:16] + "\"... is 1000 characters long, at most 64 are allowed"},
+		{"run group plus", []string{"run", "--root", state, "--group", "a+b", dir}, `--group: "a+b" contains '+'`},
+		{"spec id", []string{"spec", "--root", state, "--bundle", dir, "--id", "a/b"}, "spec: --id: container id"},
+		{"spec group", []string{"spec", "--root", state, "--bundle", dir, "--group", "../g"}, "spec: --group:"},
+		{"kill bad id", []string{"kill", "--root", state, "a/b"}, "kill: ID: container id"},
+		{"kill long id", []string{"kill", "--root", state, long}, "at most 128"},
+		{"delete bad id", []string{"delete", "--root", state, ".."}, "delete: ID: container id"},
+		{"shm path group", []string{"shm", "path", "--root", state, "--join", "--group", "../g"}, "shm path: --group:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := cli(t, tc.args...)
@@ -141,7 +166,83 @@ func TestCLIUsageErrors(t *testing.T) {
 			if strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 				t.Errorf("stderr has more than one line: %q", stderr)
 			}
+			if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the state root was made (%v): something was done before the input was checked", err)
+			}
 		})
+	}
+}
+
+// TestCLIHelpOnce: -h and --help of every verb and subcommand print the
+// usage exactly once, on stdout, and exit 0; a bad flag prints one line on
+// stderr and no usage. `run --help` used to print its usage twice.
+func TestCLIHelpOnce(t *testing.T) {
+	verbs := [][]string{{"shm", "ls"}, {"shm", "gc"}, {"shm", "path"}, {"hook", "cdi"}, {"hook", "shm"}}
+	for name := range commands {
+		verbs = append(verbs, []string{name})
+	}
+	for _, verb := range verbs {
+		for _, help := range []string{"-h", "--help"} {
+			args := append(slices.Clone(verb), help)
+			t.Run(strings.Join(args, " "), func(t *testing.T) {
+				code, stdout, stderr := cli(t, args...)
+				if code != 0 || stderr != "" {
+					t.Errorf("exit %d, stderr %q; want 0 and nothing", code, stderr)
+				}
+				if n := strings.Count(stdout, "Usage: pyisolate "+verb[0]); n != 1 {
+					t.Errorf("usage printed %d times:\n%s", n, stdout)
+				}
+			})
+		}
+		if verb[0] == "shm" && len(verb) == 1 || verb[0] == "hook" && len(verb) == 1 {
+			continue // no flags of their own: a flag is an unknown subcommand
+		}
+		args := append(slices.Clone(verb), "--no-such-flag")
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			code, stdout, stderr := cli(t, args...)
+			if code != exitUsage || stdout != "" || strings.Count(strings.TrimSpace(stderr), "\n") != 0 ||
+				!strings.Contains(stderr, "no-such-flag") {
+				t.Errorf("exit %d, stdout %q, stderr %q; want %d, nothing, one line", code, stdout, stderr, exitUsage)
+			}
+		})
+	}
+}
+
+// TestCLINonRegularBundleFiles: a FIFO named pyisolate.json or config.json
+// makes spec and run exit 2 at once with one line naming the file, instead
+// of hanging in open(2).
+func TestCLINonRegularBundleFiles(t *testing.T) {
+	for _, file := range []string{"pyisolate.json", "config.json"} {
+		bundle := t.TempDir()
+		fifo := filepath.Join(bundle, file)
+		if err := unix.Mkfifo(fifo, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{
+			{"spec", "--root", t.TempDir(), "--bundle", bundle},
+			{"run", "--root", t.TempDir(), bundle},
+		} {
+			t.Run(args[0]+" "+file, func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				cmd := exec.CommandContext(ctx, os.Args[0], args...)
+				cmd.Env = append(os.Environ(), cliEnv+"=1")
+				var stderr bytes.Buffer
+				cmd.Stderr = &stderr
+				err := cmd.Run()
+				if ctx.Err() != nil {
+					t.Fatalf("pyisolate %s hangs on a FIFO %s", args[0], file)
+				}
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != exitUsage {
+					t.Fatalf("exit %v, stderr %q; want %d", err, stderr.String(), exitUsage)
+				}
+				line := strings.TrimSpace(stderr.String())
+				if strings.Contains(line, "\n") || !strings.Contains(line, fifo+": not a regular file (it is a FIFO)") {
+					t.Errorf("stderr %q: want one line naming %s and the rule", line, fifo)
+				}
+			})
+		}
 	}
 }
 
@@ -288,6 +389,10 @@ func TestCLIKilledRun(t *testing.T) {
 		}
 	}
 	initPID := list[0].InitPID
+	// Signal 0 is the liveness check: 0 while the init lives.
+	if code, _, stderr := cli(t, "kill", "--root", e.root, "clitest-killed", "0"); code != 0 || stderr != "" {
+		t.Errorf("kill 0 of a running container: %d %q", code, stderr)
+	}
 	run.Process.Kill()
 	run.Wait()
 
@@ -302,6 +407,9 @@ func TestCLIKilledRun(t *testing.T) {
 	code, out, _ := cli(t, "ps", "--root", e.root)
 	if code != 0 || strings.Contains(out, "clitest-killed") {
 		t.Errorf("ps after SIGKILL of run: want the orphan reclaimed; %d %q", code, out)
+	}
+	if code, _, stderr := cli(t, "kill", "--root", e.root, "clitest-killed", "0"); code != 1 || !strings.Contains(stderr, "clitest-killed") {
+		t.Errorf("kill 0 of a reclaimed container: %d %q, want 1 naming it", code, stderr)
 	}
 	if code, _, _ := cli(t, "delete", "--root", e.root, "clitest-killed"); code == 0 {
 		t.Error("delete of a reclaimed container succeeded")
@@ -325,5 +433,90 @@ func TestCLIShmPressure(t *testing.T) {
 	}
 	if n := strings.Count(stderr, "pyisolate: warning: shm group clitest:"); n != 1 || !strings.Contains(stderr, "largest owners: clitest-shm") {
 		t.Errorf("want one pressure warning naming clitest-shm, stderr:\n%s", stderr)
+	}
+}
+
+// TestCLIDefaultLimits: a manifest without limits runs with the stated
+// defaults, read from the container's cgroup on the host: pids.max 2048,
+// a memory limit of half the host's memory, CPU shares 1024 (weight 100 on
+// cgroup v2), and a private /tmp of 1 GiB. Before, pids.max was "max" and
+// there was no memory limit.
+func TestCLIDefaultLimits(t *testing.T) {
+	e := newE2E(t, "")
+	code, stdout, stderr := cli(t, "run", "--root", e.root, "--id", "clitest-tmp", e.bundle, "--",
+		"/bin/sh", "-c", `grep " /tmp " /proc/self/mounts`)
+	if code != 0 || !strings.Contains(stdout, "size=1048576k") {
+		t.Errorf("/tmp: exit %d, %q %q; want a tmpfs of size=1048576k", code, stdout, stderr)
+	}
+
+	const id = "clitest-defaults"
+	run := cliCommand("run", "--root", e.root, "--id", id, e.bundle, "--", "sleep", "60")
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cli(t, "kill", "--root", e.root, id, "KILL")
+		run.Wait()
+	}()
+	v1 := func(ctrl, file string) string { return filepath.Join("/sys/fs/cgroup", ctrl, "pyisolate", id, file) }
+	v2 := func(file string) string { return filepath.Join("/sys/fs/cgroup/pyisolate", id, file) }
+	pidsMax := v1("pids", "pids.max")
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		pidsMax = v2("pids.max")
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if code, _, _ := cli(t, "kill", "--root", e.root, id, "0"); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("container did not start")
+		}
+	}
+	read := func(p string) string {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Errorf("%v", err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	var kb int64
+	for _, line := range strings.Split(read("/proc/meminfo"), "\n") {
+		if _, err := fmt.Sscanf(line, "MemTotal: %d kB", &kb); err == nil {
+			break
+		}
+	}
+	wantMem := strconv.FormatInt(kb*1024/2&^(1<<20-1), 10)
+	want := map[string]string{pidsMax: "2048"}
+	if pidsMax == v2("pids.max") {
+		want[v2("memory.max")] = wantMem
+		want[v2("cpu.weight")] = "100"
+	} else {
+		want[v1("memory", "memory.limit_in_bytes")] = wantMem
+		want[v1("cpu", "cpu.shares")] = "1024"
+	}
+	for p, w := range want {
+		if got := read(p); got != w {
+			t.Errorf("%s = %q, want %q", p, got, w)
+		}
+	}
+}
+
+// TestCLIOversizeShm: shm_size larger than the host's memory exits 2 with
+// one line naming limits.shm_size and the cap, from run (before the
+// group's tmpfs is made) and from spec. Before, run mounted a 7 EiB tmpfs.
+func TestCLIOversizeShm(t *testing.T) {
+	e := newE2E(t, `"shm_size": "8000000T"`)
+	for _, args := range [][]string{
+		{"run", "--root", e.root, e.bundle},
+		{"spec", "--root", e.root, "--bundle", e.bundle},
+	} {
+		code, stdout, stderr := cli(t, args...)
+		if code != exitUsage || stdout != "" || strings.Count(strings.TrimSpace(stderr), "\n") != 0 ||
+			!strings.Contains(stderr, "limits.shm_size: 8000000T is larger than this host's memory (") {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want %d and one line naming limits.shm_size", args[0], code, stdout, stderr, exitUsage)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.root, "groups")); len(ents) != 0 {
+		t.Errorf("a group was made: %v", ents)
 	}
 }

@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
@@ -19,11 +23,24 @@ func init() {
 	register("shm", "inspect and reclaim isolation groups' shared memory (ls, gc, path)", shmMain)
 }
 
+// shmUsage is the usage of the shm verb.
+const shmUsage = `Usage: pyisolate shm ls [--root DIR] [--group G] [--json]
+       pyisolate shm gc [--root DIR] [--group G]
+       pyisolate shm path --group G [--root DIR] [--join] [--pid PID] [--shm-size SIZE]
+
+Inspects and reclaims isolation groups' shared memory: ls lists the segments,
+gc removes those whose lease ended, path prints a group's directories.
+See 'pyisolate shm SUBCOMMAND -h' for the flags.
+`
+
 func shmMain(args []string) int {
 	if len(args) == 0 {
 		return fail(exitUsage, "shm: want a subcommand: ls, gc or path")
 	}
 	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Print(shmUsage)
+		return 0
 	case "ls":
 		return shmLs(args[1:])
 	case "gc":
@@ -34,22 +51,25 @@ func shmMain(args []string) int {
 	return fail(exitUsage, "shm: unknown subcommand %q (want ls, gc or path)", args[0])
 }
 
-// shmFlags parses the flags the shm subcommands share.
-func shmFlags(name string, args []string, extra func(fs *flag.FlagSet)) (root, group string, fs *flag.FlagSet, ok bool) {
-	fs = flag.NewFlagSet("shm "+name, flag.ContinueOnError)
+// shmFlags parses the flags the shm subcommands share. When ok is false
+// the subcommand returns code: 0 after -h, exitUsage after a bad flag.
+func shmFlags(name, usage string, args []string, extra func(fs *flag.FlagSet)) (root, group string, code int, ok bool) {
+	fs := newFlagSet("shm "+name, usage)
 	rootf := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
 	groupf := fs.String("group", "", "isolation group (default: all groups)")
 	if extra != nil {
 		extra(fs)
 	}
-	if err := fs.Parse(args); err != nil {
-		return "", "", nil, false
+	if code := parseFlags(fs, args); code >= 0 {
+		return "", "", code, false
 	}
 	if fs.NArg() > 0 {
-		fail(exitUsage, "shm %s: unexpected argument %q", name, fs.Arg(0))
-		return "", "", nil, false
+		return "", "", fail(exitUsage, "shm %s: unexpected argument %q", name, fs.Arg(0)), false
 	}
-	return *rootf, *groupf, fs, true
+	if code := checkIDFlags("shm "+name, "", *groupf); code >= 0 {
+		return "", "", code, false
+	}
+	return *rootf, *groupf, 0, true
 }
 
 // groupsOf returns the named group, or every group under root.
@@ -85,11 +105,12 @@ type shmSegment struct {
 
 func shmLs(args []string) int {
 	var asJSON *bool
-	root, group, _, ok := shmFlags("ls", args, func(fs *flag.FlagSet) {
-		asJSON = fs.Bool("json", false, "print JSON")
-	})
+	root, group, code, ok := shmFlags("ls", "[--root DIR] [--group G] [--json]\n\nLists the shared-memory segments of every group, or of group G.",
+		args, func(fs *flag.FlagSet) {
+			asJSON = fs.Bool("json", false, "print JSON")
+		})
 	if !ok {
-		return exitUsage
+		return code
 	}
 	ctx := context.Background()
 	gs, err := groupsOf(root, group)
@@ -123,27 +144,56 @@ func shmLs(args []string) int {
 		}
 		return 0
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "GROUP\tSEGMENT\tOWNER\tSIZE\tAGE\tMAPPED BY")
-	now := time.Now()
-	for _, r := range rows {
-		mapped := strings.Join(r.MappedBy, ",")
-		if mapped == "" {
-			mapped = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Group, r.Name, r.Owner,
-			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), mapped)
-	}
-	if err := tw.Flush(); err != nil {
+	if err := writeSegmentTable(os.Stdout, rows, time.Now()); err != nil {
 		return fail(1, "shm ls: %v", err)
 	}
 	return 0
 }
 
+// writeSegmentTable writes the human form of `shm ls`. Segment names are
+// chosen by extensions, so every string from the group's state goes through
+// displayText: a name cannot move the cursor, recolour or clear the admin's
+// terminal, start a new row, or shift the columns.
+func writeSegmentTable(w io.Writer, rows []shmSegment, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GROUP\tSEGMENT\tOWNER\tSIZE\tAGE\tMAPPED BY")
+	for _, r := range rows {
+		mapped := make([]string, len(r.MappedBy))
+		for i, m := range r.MappedBy {
+			mapped[i] = displayText(m)
+		}
+		list := strings.Join(mapped, ",")
+		if list == "" {
+			list = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", displayText(r.Group), displayText(r.Name), displayText(r.Owner),
+			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), list)
+	}
+	return tw.Flush()
+}
+
+// displayText returns s as it is when every character of it is printable
+// (letters, marks, numbers, punctuation, symbols, the ASCII space), and
+// otherwise quoted Go-style, with escapes for control characters
+// (ESC, newline, tab...), Unicode format characters (such as the bidi
+// overrides) and invalid UTF-8. A string that starts with a double quote
+// is quoted too, so that it cannot pass for a quoted one.
+func displayText(s string) string {
+	if !utf8.ValidString(s) || strings.HasPrefix(s, `"`) {
+		return strconv.Quote(s)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
 func shmGC(args []string) int {
-	root, group, _, ok := shmFlags("gc", args, nil)
+	root, group, code, ok := shmFlags("gc", "[--root DIR] [--group G]\n\nRemoves the segments whose lease ended and ends groups with no member alive.", args, nil)
 	if !ok {
-		return exitUsage
+		return code
 	}
 	ctx := context.Background()
 	gs, err := groupsOf(root, group)
@@ -156,10 +206,10 @@ func shmGC(args []string) int {
 			return fail(1, "shm gc: %v", err)
 		}
 		for _, s := range rep.Removed {
-			fmt.Printf("removed %s/%s (%s, owner %s)\n", g.Name, s.Name, tensoripc.HumanBytes(s.Size), s.Owner)
+			fmt.Printf("removed %s/%s (%s, owner %s)\n", g.Name, displayText(s.Name), tensoripc.HumanBytes(s.Size), displayText(s.Owner))
 		}
 		for _, k := range rep.Kept {
-			fmt.Printf("kept %s/%s: %s\n", g.Name, k.Name, k.Reason)
+			fmt.Printf("kept %s/%s: %s\n", g.Name, displayText(k.Name), displayText(k.Reason))
 		}
 		fmt.Printf("group %s: freed %s\n", g.Name, tensoripc.HumanBytes(rep.Freed))
 		ended, err := g.EndIfAbandoned(ctx)
@@ -181,13 +231,14 @@ func shmPath(args []string) int {
 	var join *bool
 	var pid *int
 	var size *string
-	root, group, _, ok := shmFlags("path", args, func(fs *flag.FlagSet) {
+	root, group, code, ok := shmFlags("path", "--group G [--root DIR] [--join] [--pid PID] [--shm-size SIZE]\n\n"+
+		"Prints where group G's shared memory and sockets are; with --join creates the group if needed and joins it.", args, func(fs *flag.FlagSet) {
 		join = fs.Bool("join", false, "create the group if needed and join it as member 'host'")
 		pid = fs.Int("pid", os.Getppid(), "with --join: host pid of the joining process")
 		size = fs.String("shm-size", "", "with --join: size of the group's tmpfs when it is created (e.g. 1Gi)")
 	})
 	if !ok {
-		return exitUsage
+		return code
 	}
 	if group == "" {
 		return fail(exitUsage, "shm path: --group is required")

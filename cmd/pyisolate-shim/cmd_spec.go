@@ -4,10 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
@@ -18,17 +19,21 @@ func init() {
 }
 
 func specMain(args []string) int {
-	fs := flag.NewFlagSet("spec", flag.ContinueOnError)
+	fs := newFlagSet("spec", "[--bundle DIR] [--group G] [--id ID] [--root DIR] [--restriction MODEL]\n\n"+
+		"Prints the OCI config.json that 'run' would use for the extension bundle DIR.")
 	bundle := fs.String("bundle", ".", "extension bundle directory")
-	group := fs.String("group", "", "isolation group (overrides the manifest's)")
-	id := fs.String("id", "", "container id (default: the extension name)")
+	group := fs.String("group", "", groupFlagHelp)
+	id := fs.String("id", "", idFlagHelp+" (default: the extension name)")
 	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
 	restriction := fs.String("restriction", "", "build for this restriction model instead of the detected one (none, apparmor, sysctl, selinux, no-caps)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
 	}
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "spec: unexpected argument %q", fs.Arg(0))
+	}
+	if code := checkIDFlags("spec", *id, *group); code >= 0 {
+		return code
 	}
 	if *restriction != "" && !slices.Contains(spec.Restrictions, spec.Restriction(*restriction)) {
 		return fail(exitUsage, "spec: --restriction: unknown model %q", *restriction)
@@ -49,6 +54,10 @@ func specMain(args []string) int {
 			return fail(exitUsage, "spec: %v", err)
 		}
 		return fail(1, "spec: %v", err)
+	}
+	if d := spec.DefaultsList(s); len(d) > 0 {
+		fmt.Fprintf(os.Stderr, "pyisolate: note: defaults for the limits the manifest leaves out: %s (annotation %s)\n",
+			strings.Join(d, ", "), spec.AnnotationDefaults)
 	}
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
