@@ -68,3 +68,34 @@ func TestTorchTensorRefInGo(t *testing.T) {
 		t.Errorf("torch segment %s: owner %s by %s, want torch-ext by torch name", name, s.Owner, s.Attribution)
 	}
 }
+
+// TestDTypeSizesMatchTorch: every dtype the installed torch names is in the
+// table, with torch's own element size.
+func TestDTypeSizesMatchTorch(t *testing.T) {
+	t.Parallel()
+	needPython(t, "torch")
+	script := `import torch
+names = {str(getattr(torch, n)) for n in dir(torch) if isinstance(getattr(torch, n), torch.dtype)}
+for n in sorted(names):
+    d = eval(n)
+    if any(n == "torch.%s%d" % (p, i) for p in ("int", "uint") for i in range(1, 8)):
+        continue  # 2.x sub-byte placeholders, without a storage layout
+    print(n, d.itemsize if hasattr(d, "itemsize") else torch._utils._element_size(d))
+`
+	out, err := exec.Command(sysPython, "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("torch: %v: %s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for _, l := range lines {
+		var name string
+		var size int64
+		if _, err := fmt.Sscan(l, &name, &size); err != nil {
+			t.Fatalf("torch said %q: %v", l, err)
+		}
+		if got, ok := DTypeSize(name); !ok || got != size {
+			t.Errorf("DTypeSize(%s) = %d, %v; torch's element_size is %d", name, got, ok, size)
+		}
+	}
+	t.Logf("%d dtypes of the installed torch checked", len(lines))
+}
