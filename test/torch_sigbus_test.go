@@ -1,7 +1,9 @@
 package test
 
 import (
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -72,4 +74,63 @@ func TestContainerdTorchSIGBUSFullShm(t *testing.T) {
 		}
 		ctrdAssertClean(t, d, "filler")
 	})
+}
+
+// TestTorchKeptSegmentAfterSenderDied: a torch sender killed after sharing a
+// tensor leaves its segment, which the runtime keeps for the retention; `shm
+// ls` says it is kept and that torch cannot open it any more, and a torch
+// receiver indeed fails with "Connection refused" (the sender's shm manager
+// died with it).
+func TestTorchKeptSegmentAfterSenderDied(t *testing.T) {
+	e := newTipcEnv(t)
+	needTorch(t)
+	module := repoPath(e.tools, "test/testdata/tipc")
+	torch := map[string]any{"share_torch": true, "limits": tipcLimits}
+	sender := e.bundleFields("keep-send", "tipc-keep", module, []string{"/usr/bin/python3", module + "/torch_keep.py", "send"}, torch)
+	opener := e.bundleFields("keep-open", "tipc-keep", module, []string{"/usr/bin/python3", module + "/torch_keep.py", "open"}, torch)
+	// A member that outlives the sender keeps the group.
+	holder := e.bundleFields("keep-hold", "tipc-keep", module, []string{"/bin/sleep", "600"}, torch)
+	h := e.start("tipc-keep-hold", holder)
+	s := e.start("tipc-keep-send", sender, "--shm-retention=10m")
+	key := strings.TrimPrefix(s.expect(t, "ready ", 3*time.Minute), "ready /")
+	if out, err := exec.Command(e.tools.pyisolate, "kill", "--root", e.root, "tipc-keep-send", "KILL").CombinedOutput(); err != nil {
+		t.Fatalf("kill: %v: %s", err, out)
+	}
+	if code := s.wait(t, time.Minute); code != 137 {
+		t.Fatalf("sender exit %d, want 137", code)
+	}
+	out, err := exec.Command(e.tools.pyisolate, "shm", "ls", "--root", e.root, "--group", "tipc-keep", "--json").Output()
+	if err != nil {
+		t.Fatalf("shm ls: %v", err)
+	}
+	var rows []struct {
+		Name        string `json:"name"`
+		Owner       string `json:"owner"`
+		State       string `json:"state"`
+		StateDetail string `json:"state_detail"`
+	}
+	if err := json.Unmarshal(out, &rows); err != nil {
+		t.Fatalf("shm ls: %v: %s", err, out)
+	}
+	found := false
+	for _, r := range rows {
+		if r.Name == key {
+			found = true
+			if r.Owner != "tipc-keep-send" || r.State != "kept" || !strings.Contains(r.StateDetail, "torch cannot open it anew") {
+				t.Errorf("shm ls row %+v: want owner tipc-keep-send, kept, torch cannot open it", r)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("segment %s not listed: %s", key, out)
+	}
+	text, _ := exec.Command(e.tools.pyisolate, "shm", "ls", "--root", e.root, "--group", "tipc-keep").Output()
+	t.Logf("shm ls:\n%s", text)
+	o := e.start("tipc-keep-open", opener)
+	if got := o.expect(t, "", 3*time.Minute); got != "error Connection refused" {
+		t.Errorf("torch opening the kept segment: %q, want error Connection refused", got)
+	}
+	o.wait(t, time.Minute)
+	_ = exec.Command(e.tools.pyisolate, "kill", "--root", e.root, "tipc-keep-hold", "KILL").Run()
+	h.wait(t, time.Minute)
 }

@@ -81,6 +81,10 @@ type shmSegment struct {
 	Created  time.Time `json:"created"`
 	MappedBy []string  `json:"mapped_by"`
 	Lease    time.Time `json:"lease_expires,omitzero"`
+	// State and StateDetail are tensoripc.Domain.SegmentState's verdict
+	// (live, idle, stranded, kept, reclaimable).
+	State       string `json:"state"`
+	StateDetail string `json:"state_detail,omitempty"`
 }
 
 func shmLs(args []string) int {
@@ -104,8 +108,9 @@ func shmLs(args []string) int {
 			return fail(1, "shm ls: %v", err)
 		}
 		for _, s := range segs {
+			state, detail := g.Domain.SegmentState(s, time.Now())
 			rows = append(rows, shmSegment{Group: g.Name, Name: s.Name, Owner: s.Owner, Size: s.Size,
-				Created: s.Created, MappedBy: s.UsedBy, Lease: s.LeaseExpires})
+				Created: s.Created, MappedBy: s.UsedBy, Lease: s.LeaseExpires, State: state, StateDetail: detail})
 		}
 		if p, err := g.Domain.Pressure(ctx); err == nil && p.Warn {
 			warnings = append(warnings, p.Message)
@@ -124,15 +129,19 @@ func shmLs(args []string) int {
 		return 0
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "GROUP\tSEGMENT\tOWNER\tSIZE\tAGE\tMAPPED BY")
+	fmt.Fprintln(tw, "GROUP\tSEGMENT\tOWNER\tSIZE\tAGE\tMAPPED BY\tSTATE")
 	now := time.Now()
 	for _, r := range rows {
 		mapped := strings.Join(r.MappedBy, ",")
 		if mapped == "" {
 			mapped = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Group, r.Name, r.Owner,
-			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), mapped)
+		state := r.State
+		if r.StateDetail != "" {
+			state += ": " + r.StateDetail
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Group, r.Name, r.Owner,
+			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), mapped, state)
 	}
 	if err := tw.Flush(); err != nil {
 		return fail(1, "shm ls: %v", err)
