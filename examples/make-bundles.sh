@@ -3,6 +3,8 @@
 #   hello      the smallest extension: reads its module, writes /tmp, numpy
 #   demo-host  the demo's host, in group "demo"
 #   demo-ext   the demo's extension, in group "demo"
+#   torch-host the torch example's host, in group "torch" (needs python3-torch)
+#   torch-ext  the torch example's extension, in group "torch"
 # A bundle here is a directory with a pyisolate.json and no rootfs: the
 # runtime makes an empty read-only root and binds the host's system paths
 # into it, bwrap style. Manifests name modules by absolute path, so bundles
@@ -10,7 +12,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-build/bundles}
-mkdir -p "$out/hello" "$out/demo-host" "$out/demo-ext"
+mkdir -p "$out/hello" "$out/demo-host" "$out/demo-ext" "$out/torch-host" "$out/torch-ext"
 cat >"$out/hello/pyisolate.json" <<JSON
 {
   "name": "hello",
@@ -36,4 +38,17 @@ for role in host ext; do
 }
 JSON
 done
-echo "examples: wrote $out/hello $out/demo-host $out/demo-ext"
+# share_torch and nothing else: no env, no TMPDIR.
+for role in host ext; do
+	cat >"$out/torch-$role/pyisolate.json" <<JSON
+{
+  "name": "torch-$role",
+  "module_path": "$here/torch/pyisolate_torch",
+  "python": "/usr/bin/python3",
+  "group": "torch",
+  "share_torch": true,
+  "command": ["/usr/bin/python3", "-m", "pyisolate_torch.$role"]
+}
+JSON
+done
+echo "examples: wrote $out/hello $out/demo-host $out/demo-ext $out/torch-host $out/torch-ext"

@@ -7,6 +7,7 @@ import (
 
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
@@ -85,6 +86,27 @@ func (s *service) leaveGroup(ctx context.Context, name, id string) {
 		sg.cancel()
 		delete(s.groups, name)
 	}
+}
+
+// explainSIGBUS logs, for a process of c killed by SIGBUS, whether its
+// group's /dev/shm was full and who holds it (torch filling a segment of a
+// full tmpfs dies of SIGBUS, not ENOSPC).
+func (s *service) explainSIGBUS(c *container, execID string, st runtime.ExitStatus) {
+	if st.Signal != unix.SIGBUS || c.group == "" {
+		return
+	}
+	s.gmu.Lock()
+	sg := s.groups[c.group]
+	s.gmu.Unlock()
+	if sg == nil {
+		return
+	}
+	why, _ := sg.g.Domain.ExplainSIGBUS(s.ctx)
+	l := log.G(s.ctx).WithField("id", c.id).WithField("group", c.group)
+	if execID != "" {
+		l = l.WithField("exec", execID)
+	}
+	l.Warnf("container %s was killed by SIGBUS: %s", c.id, why)
 }
 
 // injectDevices runs hooks.InjectDevices for member id of g (nil for a

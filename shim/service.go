@@ -545,6 +545,7 @@ wait:
 			break wait
 		}
 	}
+	s.explainSIGBUS(c, "", st)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.init
@@ -572,6 +573,7 @@ func (s *service) watchExec(c *container, p *proc) {
 		log.G(s.ctx).WithError(err).WithField("id", c.id).WithField("exec", p.execID).Error("wait for exec process")
 		code = 255
 	}
+	s.explainSIGBUS(c, p.execID, st)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p.status, p.exitedAt = code, exitedAt

@@ -23,6 +23,14 @@ const (
 	SocketMount = "/run/pyisolate"
 	// DefaultPython is the interpreter used when the manifest names none.
 	DefaultPython = "/usr/bin/python3"
+	// TorchTempDir is where torch's shm manager makes its directory
+	// (torch-shm-dir-XXXXXX, holding manager.sock) in members with
+	// share_torch: inside the group's socket directory, so that the
+	// manager_path a sender puts in a TensorRef exists in every member. It is
+	// passed as TEMPDIR, which torch reads (c10's temporary directory: TMPDIR,
+	// TMP, TEMP, then TEMPDIR) and Python's tempfile, the shell and libc do
+	// not: everything else keeps the private /tmp.
+	TorchTempDir = SocketMount
 )
 
 // Annotations the builder writes on the specs it produces.
@@ -404,6 +412,16 @@ func (b *builder) env() []string {
 	}
 	vars["HOME"] = "/tmp"
 	vars["TMPDIR"] = "/tmp"
+	if m.ShareTorch && b.o.SocketDir != "" {
+		// torch takes TMPDIR, TMP and TEMP before TEMPDIR: none of them may
+		// be set (inherited ones name host paths anyway). Python, mktemp and
+		// libc fall back to the private /tmp without them. A manifest's env
+		// still sets them, below, when the user wants another directory.
+		for _, k := range []string{"TMPDIR", "TMP", "TEMP"} {
+			delete(vars, k)
+		}
+		vars["TEMPDIR"] = TorchTempDir
+	}
 	vars["PYTHONNOUSERSITE"] = "1"
 	vars["PYTHONDONTWRITEBYTECODE"] = "1"
 	vars["PYISOLATE_CHILD"] = "1"

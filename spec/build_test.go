@@ -572,3 +572,48 @@ func TestDegradationsNoneIsEmpty(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildTorchTempDir: with share_torch in a group, torch's shm manager
+// socket lands in the group's socket directory (TEMPDIR, which only torch
+// reads) and nothing points Python's tempfile away from the private /tmp;
+// without share_torch or without a group, TMPDIR is /tmp. A manifest's env
+// still wins.
+func TestBuildTorchTempDir(t *testing.T) {
+	tests := []struct {
+		name       string
+		shareTorch bool
+		socketDir  string
+		manifest   map[string]string
+		hostEnv    []string
+		want       map[string]string // "" means unset
+	}{
+		{"share_torch in a group", true, "/run/g/sock", nil, []string{"TMP=/host/tmp", "TEMP=/host/tmp", "TMPDIR=/host/tmp"},
+			map[string]string{"TEMPDIR": SocketMount, "TMPDIR": "", "TMP": "", "TEMP": "", "HOME": "/tmp"}},
+		{"no share_torch", false, "/run/g/sock", nil, nil,
+			map[string]string{"TEMPDIR": "", "TMPDIR": "/tmp"}},
+		{"share_torch without a group directory", true, "", nil, nil,
+			map[string]string{"TEMPDIR": "", "TMPDIR": "/tmp"}},
+		{"manifest env wins", true, "/run/g/sock", map[string]string{"TMPDIR": "/run/pyisolate/mine"}, nil,
+			map[string]string{"TEMPDIR": SocketMount, "TMPDIR": "/run/pyisolate/mine"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := sampleManifest()
+			m.ShareTorch = tt.shareTorch
+			m.Env = tt.manifest
+			o := sampleOptions()
+			o.SocketDir = tt.socketDir
+			o.HostEnv = tt.hostEnv
+			env := envMap(mustBuild(t, m, fullHost(), o))
+			for k, v := range tt.want {
+				got, ok := env[k]
+				if v == "" && ok {
+					t.Errorf("%s = %q, want it unset", k, got)
+				}
+				if v != "" && got != v {
+					t.Errorf("%s = %q, want %q", k, got, v)
+				}
+			}
+		})
+	}
+}

@@ -853,7 +853,8 @@ func (b ByteSize) String() string {
 // rather than in pyisolate.json. Either AnnotationManifest holds the whole
 // manifest as JSON, or the per-field keys below hold one field each (the
 // fields without a key, such as env, sandbox paths and command, need
-// AnnotationManifest). The two forms do not mix.
+// AnnotationManifest). The two forms do not mix, except that
+// AnnotationFieldGroup may accompany AnnotationManifest when they agree.
 const (
 	// AnnotationPrefix starts every pyisolate annotation.
 	AnnotationPrefix = "io.pyisolate."
@@ -1010,18 +1011,46 @@ func ManifestFromAnnotations(a map[string]string) (m *Manifest, ok bool, err err
 		if err != nil {
 			return nil, true, fmt.Errorf("annotation %s: %w", AnnotationManifest, err)
 		}
+		if g, ok := a[AnnotationFieldGroup]; ok {
+			if err := groupWithManifest(m, []byte(v), g); err != nil {
+				return nil, true, err
+			}
+		}
 		return m, true, nil
 	}
 	m, err = manifestFromFieldAnnotations(a)
 	return m, true, err
 }
 
+// groupWithManifest applies io.pyisolate.group next to io.pyisolate.manifest
+// (containerd users and pod specs add the group annotation to whatever
+// manifest a bundle carries): a manifest without its own group takes it; one
+// with a group must name the same one.
+func groupWithManifest(m *Manifest, doc []byte, group string) error {
+	var own struct {
+		Group string `json:"group"`
+	}
+	_ = json.Unmarshal(doc, &own) // DecodeManifest has accepted doc
+	if own.Group != "" {
+		if own.Group != group {
+			return fieldErr(AnnotationFieldGroup, "%q disagrees with the group %q of %s", group, own.Group, AnnotationManifest)
+		}
+		return nil
+	}
+	m.Group = group
+	if err := m.Validate(); err != nil {
+		return renameToAnnotation(err)
+	}
+	return nil
+}
+
 // checkAnnotationKeys refuses unknown keys and a mix of the whole-manifest
-// key with per-field keys. keys are sorted input annotation keys.
+// key with per-field keys other than the group, which may accompany it
+// (groupWithManifest). keys are sorted input annotation keys.
 func checkAnnotationKeys(keys []string) error {
 	whole := slices.Contains(keys, AnnotationManifest)
 	for _, k := range keys {
-		if k == AnnotationManifest {
+		if k == AnnotationManifest || k == AnnotationFieldGroup {
 			continue
 		}
 		if !slices.ContainsFunc(annotationFields, func(f annotationField) bool { return f.key == k }) {

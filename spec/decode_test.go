@@ -617,6 +617,36 @@ func TestManifestFromAnnotations(t *testing.T) {
 		}
 	})
 
+	t.Run("group next to the whole manifest", func(t *testing.T) {
+		tests := []struct {
+			name, manifest, group string
+			wantGroup, wantErr    string
+		}{
+			{"agree", doc(`,"group":"g"`), "g", "g", ""},
+			{"manifest without a group takes it", doc(""), "g", "g", ""},
+			{"group equal to the name", doc(""), "x", "x", ""},
+			{"disagree", doc(`,"group":"g"`), "h", "", `manifest: io.pyisolate.group: "h" disagrees with the group "g" of io.pyisolate.manifest`},
+			{"bad group", doc(""), "a/b", "", `manifest: io.pyisolate.group: `},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				m, ok, err := ManifestFromAnnotations(map[string]string{AnnotationManifest: tt.manifest, AnnotationFieldGroup: tt.group})
+				if !ok {
+					t.Fatal("not recognised as a manifest")
+				}
+				if tt.wantErr != "" {
+					if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) || strings.Contains(err.Error(), "\n") || m != nil {
+						t.Fatalf("got %v, %v; want one line starting %q", m, err, tt.wantErr)
+					}
+					return
+				}
+				if err != nil || m.Group != tt.wantGroup {
+					t.Fatalf("got %+v, %v; want group %q", m, err, tt.wantGroup)
+				}
+			})
+		}
+	})
+
 	base := map[string]string{AnnotationFieldName: "e", AnnotationFieldModulePath: "/m"}
 	with := func(k, v string) map[string]string {
 		a := map[string]string{k: v}

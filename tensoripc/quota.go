@@ -119,28 +119,71 @@ func (d *Domain) ExplainENOSPC(ctx context.Context) string {
 		fmt.Fprintf(&b, " (file-backed: the filesystem holding %s is full; the quota is not enforced)", d.dir)
 	}
 	b.WriteString(".")
-	if len(u.Owners) == 0 {
-		b.WriteString(" No segments are stored.")
-	} else {
-		b.WriteString(" By owner:")
-		for i, o := range u.Owners {
-			sep := ";"
-			if i == 0 {
-				sep = ""
-			}
-			plural := "s"
-			if o.Segments == 1 {
-				plural = ""
-			}
-			fmt.Fprintf(&b, "%s %s %s in %d segment%s", sep, o.Owner, HumanBytes(o.Bytes), o.Segments, plural)
-			if !o.Exited.IsZero() {
-				fmt.Fprintf(&b, " (exited %s; reclaimable after %s)", o.Exited.Format(time.RFC3339), o.Exited.Add(d.Retention()).Format(time.RFC3339))
-			}
-		}
-		b.WriteString(".")
-	}
+	d.writeOwners(&b, u)
 	fmt.Fprintf(&b, " Remedies: free tensors in the largest owner, raise limits.shm_size (now %s), or run `pyisolate shm gc` to reclaim segments of exited members.", HumanBytes(u.Quota))
 	return b.String()
+}
+
+// writeOwners appends " By owner: A 3.0 MiB in 2 segments; ..." (or " No
+// segments are stored.") to b.
+func (d *Domain) writeOwners(b *strings.Builder, u Usage) {
+	if len(u.Owners) == 0 {
+		b.WriteString(" No segments are stored.")
+		return
+	}
+	b.WriteString(" By owner:")
+	for i, o := range u.Owners {
+		sep := ";"
+		if i == 0 {
+			sep = ""
+		}
+		plural := "s"
+		if o.Segments == 1 {
+			plural = ""
+		}
+		fmt.Fprintf(b, "%s %s %s in %d segment%s", sep, o.Owner, HumanBytes(o.Bytes), o.Segments, plural)
+		if !o.Exited.IsZero() {
+			fmt.Fprintf(b, " (exited %s; reclaimable after %s)", o.Exited.Format(time.RFC3339), o.Exited.Add(d.Retention()).Format(time.RFC3339))
+		}
+	}
+	b.WriteString(".")
+}
+
+// FullMargin is the free space under which ExplainSIGBUS calls the group's
+// tmpfs full: a page fault needs one page (4 KiB, or a 2 MiB huge page that
+// falls back to small ones), and the group's usage is read after the process
+// died, when a little may have been freed.
+const FullMargin = 4 << 20
+
+// ExplainSIGBUS tells, for a member process killed by SIGBUS, whether the
+// group's shared memory is full and who holds it. A process that writes into
+// a mapped tmpfs segment (torch filling a file_system segment, numpy writing
+// a mapped file) gets SIGBUS rather than ENOSPC when the tmpfs has no page
+// left. full reports that free space is under FullMargin (or 1% of the
+// quota, whichever is larger). It never fails: problems reading the domain
+// become part of the text.
+func (d *Domain) ExplainSIGBUS(ctx context.Context) (text string, full bool) {
+	u, err := d.Usage(ctx)
+	if err != nil {
+		return fmt.Sprintf("the usage of shm group %s could not be read: %v", d.opts.Group, err), false
+	}
+	free := u.Quota - u.Used
+	if d.FileBacked() {
+		var fs unix.Statfs_t
+		if unix.Statfs(d.dir, &fs) == nil {
+			free = int64(fs.Bavail) * fs.Bsize
+		}
+	}
+	full = u.Quota > 0 && free < max(FullMargin, u.Quota/100)
+	var b strings.Builder
+	if !full {
+		fmt.Fprintf(&b, "the group's /dev/shm (shm group %s) is not full, %s of %s used: the bus error has another cause (a segment truncated while mapped, or a bad memory access)", u.Group, HumanBytes(u.Used), HumanBytes(u.Quota))
+		return b.String(), false
+	}
+	fmt.Fprintf(&b, "the group's /dev/shm was full (shm group %s: %s of %s used); writing into a shared-memory segment with no page left raises SIGBUS, not ENOSPC.", u.Group, HumanBytes(u.Used), HumanBytes(u.Quota))
+	d.writeOwners(&b, u)
+	fmt.Fprintf(&b, " Remedies: raise limits.shm_size (now %s) above the tensors the group shares at once, free tensors in the largest owner, or run `pyisolate shm gc` to reclaim segments of exited members.", HumanBytes(u.Quota))
+	return b.String(), true
 }
 
 func ownerList(owners []OwnerUsage, n int) string {

@@ -160,3 +160,31 @@ func TestWatchPressure(t *testing.T) {
 	ext.do(t, "create d 3932160 map")
 	expect(true, "full again")
 }
+
+// TestExplainSIGBUS: with the tmpfs full the story says so, with the
+// owners and the remedy; with room left it says the cause is elsewhere.
+func TestExplainSIGBUS(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := newDomain(t, true, Options{Size: 8 << 20})
+	host := startPy(t, d.Dir())
+	addMember(t, d, "host", host)
+	host.do(t, "create h1 1048576 map")
+	msg, full := d.ExplainSIGBUS(ctx)
+	if full || !strings.Contains(msg, "is not full, 1.0 MiB of 8.0 MiB used") {
+		t.Errorf("ExplainSIGBUS with room = %q, %v", msg, full)
+	}
+	if out := host.do(t, "fill f 524288"); out != "14 28" {
+		t.Fatalf("fill: %q, want 14 segments then ENOSPC (28)", out)
+	}
+	msg, full = d.ExplainSIGBUS(ctx)
+	t.Logf("SIGBUS story: %s", msg)
+	for _, want := range []string{
+		"the group's /dev/shm was full (shm group g: 8.0 MiB of 8.0 MiB used)", "SIGBUS, not ENOSPC",
+		"By owner: host 8.0 MiB in 15 segments.", "raise limits.shm_size (now 8.0 MiB)",
+	} {
+		if !full || !strings.Contains(msg, want) {
+			t.Errorf("ExplainSIGBUS = %q, %v\nwant full and %q", msg, full, want)
+		}
+	}
+}

@@ -103,11 +103,23 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// dtypeSizes maps torch dtype names to element sizes in bytes.
+// dtypeSizes maps torch dtype names, as str(dtype) spells them, to element
+// sizes in bytes (torch's element_size()). It holds every dtype of torch
+// 1.13 and the ones torch 2.x added: the unsigned integers (2.3), the float8
+// formats (2.1, fnuz 2.2, e8m0fnu 2.7), float4_e2m1fn_x2 (two values in one
+// byte, 2.8) and the bits types. The quantized dtypes are listed with their
+// storage's element size; their scale and zero point do not travel in a
+// TensorRef. torch 2.x's sub-byte placeholders (int1..int7, uint1..uint7)
+// have no storage layout of their own and are not listed.
 var dtypeSizes = map[string]int64{
 	"torch.float64": 8, "torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2,
 	"torch.int64": 8, "torch.int32": 4, "torch.int16": 2, "torch.int8": 1,
-	"torch.uint8": 1, "torch.bool": 1, "torch.complex64": 8, "torch.complex128": 16,
+	"torch.uint64": 8, "torch.uint32": 4, "torch.uint16": 2, "torch.uint8": 1,
+	"torch.bool": 1, "torch.complex32": 4, "torch.complex64": 8, "torch.complex128": 16,
+	"torch.float8_e4m3fn": 1, "torch.float8_e5m2": 1, "torch.float8_e4m3fnuz": 1,
+	"torch.float8_e5m2fnuz": 1, "torch.float8_e8m0fnu": 1, "torch.float4_e2m1fn_x2": 1,
+	"torch.qint8": 1, "torch.quint8": 1, "torch.qint32": 4, "torch.quint4x2": 1, "torch.quint2x4": 1,
+	"torch.bits1x8": 1, "torch.bits2x4": 1, "torch.bits4x2": 1, "torch.bits8": 1, "torch.bits16": 2,
 }
 
 // DTypeSize returns the element size of a torch dtype name ("torch.float32").

@@ -3,6 +3,7 @@ package tensoripc
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -203,5 +204,48 @@ func TestDTypeSize(t *testing.T) {
 	}
 	if _, ok := DTypeSize("torch.float8"); ok {
 		t.Errorf("DTypeSize knows torch.float8")
+	}
+}
+
+// TestDTypeSizes: every dtype torch names (1.13 and 2.x) decodes and
+// validates with its element size; the storage must hold size*elements.
+func TestDTypeSizes(t *testing.T) {
+	tests := []struct {
+		dtype string
+		size  int64
+	}{
+		{"torch.float64", 8}, {"torch.float32", 4}, {"torch.float16", 2}, {"torch.bfloat16", 2},
+		{"torch.int64", 8}, {"torch.int32", 4}, {"torch.int16", 2}, {"torch.int8", 1},
+		{"torch.uint64", 8}, {"torch.uint32", 4}, {"torch.uint16", 2}, {"torch.uint8", 1},
+		{"torch.bool", 1}, {"torch.complex32", 4}, {"torch.complex64", 8}, {"torch.complex128", 16},
+		{"torch.float8_e4m3fn", 1}, {"torch.float8_e5m2", 1}, {"torch.float8_e4m3fnuz", 1},
+		{"torch.float8_e5m2fnuz", 1}, {"torch.float8_e8m0fnu", 1}, {"torch.float4_e2m1fn_x2", 1},
+		{"torch.qint8", 1}, {"torch.quint8", 1}, {"torch.qint32", 4}, {"torch.quint4x2", 1}, {"torch.quint2x4", 1},
+		{"torch.bits1x8", 1}, {"torch.bits2x4", 1}, {"torch.bits4x2", 1}, {"torch.bits8", 1}, {"torch.bits16", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.dtype, func(t *testing.T) {
+			if got, ok := DTypeSize(tt.dtype); !ok || got != tt.size {
+				t.Fatalf("DTypeSize(%s) = %d, %v; want %d", tt.dtype, got, ok, tt.size)
+			}
+			doc := strings.Replace(cpuRefJSON, `"torch.float32"`, `"`+tt.dtype+`"`, 1)
+			doc = strings.Replace(doc, `"storage_size": 96`, fmt.Sprintf(`"storage_size": %d`, 24*tt.size), 1)
+			r, err := DecodeTensorRef([]byte(doc))
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			dir := t.TempDir()
+			if err := r.Validate(dir); err != nil {
+				t.Errorf("validate with storage_size %d: %v", r.StorageSize, err)
+			}
+			r.StorageSize--
+			var fe *FieldError
+			if err := r.Validate(dir); !errors.As(err, &fe) || fe.Field != "storage_size" {
+				t.Errorf("validate with one byte too few: %v, want a storage_size error", err)
+			}
+		})
+	}
+	if len(tests) != len(dtypeSizes) {
+		t.Errorf("the table has %d dtypes, this test %d", len(dtypeSizes), len(tests))
 	}
 }

@@ -1,9 +1,11 @@
 package tensoripc
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -25,8 +27,9 @@ type View struct {
 // OpenCPU validates a CPU TensorRef against the group's shm directory and maps
 // its storage read-only (PROT_READ, MAP_SHARED): no copy is made. Segments
 // named torch_* use torch's layout (TorchHeaderSize header, then the
-// storage); others hold the storage from byte 0 (what Publish and numpy
-// writers make). The file must hold at least the storage.
+// storage: torch's and Publish's torch_ segments); others hold the storage
+// from byte 0 (Publish's other names and numpy writers). The file must hold
+// at least the storage.
 func OpenCPU(ref *TensorRef, domainDir string) (*View, error) {
 	if ref == nil || ref.Device != "cpu" || ref.CPU == nil {
 		return nil, fmt.Errorf("open cpu tensor: not a CPU TensorRef")
@@ -48,7 +51,7 @@ func OpenCPU(ref *TensorRef, domainDir string) (*View, error) {
 		return nil, fmt.Errorf("open cpu tensor %s: not a regular file", path)
 	}
 	var header int64
-	if strings.HasPrefix(strings.TrimPrefix(ref.CPU.StorageKey, "/"), "torch_") {
+	if TorchLayout(ref.CPU.StorageKey) {
 		header = TorchHeaderSize
 	}
 	if st.Size < header+ref.StorageSize {
@@ -140,26 +143,59 @@ func (v *View) Close() error {
 	return nil
 }
 
+// NoTorchManagerPath is the manager_path of a TensorRef whose segment has
+// no torch header (the plain layout: the storage from byte 0, as numpy
+// writes it). torch assumes its header in every file_system segment: given
+// an empty or real manager_path it maps such a segment 64 bytes off, reads
+// zeros or shifted bytes without an error, bumps a "refcount" in the data and
+// may unlink the file. This path cannot be connected to (its parent is not a
+// directory), so torch refuses the descriptor at once with "RuntimeError:
+// Not a directory" and never touches the segment; Go (OpenCPU) and numpy
+// read it normally.
+const NoTorchManagerPath = "/dev/null/pyisolate-plain-layout-not-for-torch"
+
+// TorchLayout reports whether a segment name or storage key holds torch's
+// layout (TorchHeaderSize header, then the storage): torch's own segments
+// and Go's torch-readable ones are named torch_*.
+func TorchLayout(name string) bool {
+	return strings.HasPrefix(strings.TrimPrefix(name, "/"), "torch_")
+}
+
+// torchOwnName matches the names torch gives its segments, torch_<pid>_...,
+// which segments.go attributes by that pid.
+var torchOwnName = regexp.MustCompile(`^torch_\d+_`)
+
 // Publish stores data as a new segment name in the group's shm directory and
-// returns its CPU TensorRef (strategy file_system, empty manager_path,
-// contiguous strides, storage from byte 0). The segment is created with
-// O_EXCL and mode 0600, like torch's segments: members reading it must run
-// as the same uid, which torch's file_system sharing requires anyway. The
-// space is allocated first (fallocate), so a full group fails with an error
-// wrapping ENOSPC before anything is written, and the segment is removed.
+// returns its CPU TensorRef (contiguous strides). The segment is created
+// with O_EXCL and mode 0600, like torch's segments: members reading it must
+// run as the same uid, which torch's file_system sharing requires anyway.
+// The space is allocated first (fallocate), so a full group fails with an
+// error wrapping ENOSPC before anything is written, and the segment is
+// removed.
 //
-// A Python consumer opens it with numpy, e.g.
-// np.memmap(shm_dir + ref["storage_key"], dtype, mode="r", shape=ref["tensor_size"]).
-// torch's own rebuild (rebuild_storage_filename) cannot: it needs a
-// torch_shm_manager and torch's refcount header, so names starting with
-// "torch_" are refused here.
+// The name decides the layout (TorchLayout), which is how OpenCPU reads it
+// back:
+//
+//   - torch_<name> (not torch_<digits>_..., which is how torch names its own
+//     segments): torch's layout, a TorchHeaderSize header holding the
+//     publisher's reference (refcount 1), then the storage. The ref is
+//     strategy file_system_borrowed with an empty manager_path: torch opens
+//     it (through a shm manager of its own) and reads the bytes; its
+//     references come and go without reaching 0, so the segment stays the
+//     publisher's, reclaimed by the group like any other. numpy reads it
+//     with offset=TorchHeaderSize.
+//   - any other name: the plain layout, the storage from byte 0, for
+//     np.memmap(shm_dir + ref["storage_key"], dtype, mode="r",
+//     shape=ref["tensor_size"]). Its manager_path is NoTorchManagerPath, so
+//     torch refuses it with an error instead of reading zeros.
 func Publish(domainDir, name string, data []byte, dtype string, shape []int64) (*TensorRef, error) {
 	es, ok := DTypeSize(dtype)
 	if !ok {
 		return nil, fmt.Errorf("publish %s: %w", name, fieldErr("dtype", "unknown dtype %q", dtype))
 	}
-	if strings.HasPrefix(strings.TrimPrefix(name, "/"), "torch_") {
-		return nil, fmt.Errorf("publish %s: names starting with torch_ are torch's segments (with torch's header)", name)
+	torchLayout := TorchLayout(name)
+	if torchOwnName.MatchString(strings.TrimPrefix(name, "/")) {
+		return nil, fmt.Errorf("publish %s: names torch_<digits>_... are torch's own segments (named after the creating pid); use another torch_ name", name)
 	}
 	path, err := segmentPath(domainDir, name)
 	if err != nil {
@@ -189,9 +225,19 @@ func Publish(domainDir, name string, data []byte, dtype string, shape []int64) (
 		os.Remove(path)
 		return nil, fmt.Errorf("publish %s (%d bytes) in %s: %w", name, len(data), domainDir, err)
 	}
-	if len(data) > 0 {
-		if err := unix.Fallocate(int(f.Fd()), 0, 0, int64(len(data))); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+	var header []byte
+	if torchLayout {
+		// torch's MapInfo: a std::atomic<int> refcount at byte 0 of a
+		// 64-byte aligned header, in the machine's byte order.
+		header = make([]byte, TorchHeaderSize)
+		binary.NativeEndian.PutUint32(header, 1)
+	}
+	if total := int64(len(header) + len(data)); total > 0 {
+		if err := unix.Fallocate(int(f.Fd()), 0, 0, total); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
 			return fail(fmt.Errorf("allocate: %w", err))
+		}
+		if _, err := f.Write(header); err != nil {
+			return fail(err)
 		}
 		if _, err := f.Write(data); err != nil {
 			return fail(err)
@@ -201,6 +247,10 @@ func Publish(domainDir, name string, data []byte, dtype string, shape []int64) (
 		os.Remove(path)
 		return nil, fmt.Errorf("publish %s: %w", name, err)
 	}
+	cpu := &CPUStorage{Strategy: StrategyFileSystem, ManagerPath: NoTorchManagerPath, StorageKey: "/" + strings.TrimPrefix(name, "/")}
+	if torchLayout {
+		cpu.Strategy, cpu.ManagerPath = StrategyFileSystemBorrowed, ""
+	}
 	return &TensorRef{Device: "cpu", DType: dtype, Size: append([]int64{}, shape...), Stride: stride,
-		StorageSize: int64(len(data)), CPU: &CPUStorage{Strategy: StrategyFileSystem, StorageKey: "/" + strings.TrimPrefix(name, "/")}}, nil
+		StorageSize: int64(len(data)), CPU: cpu}, nil
 }

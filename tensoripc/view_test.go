@@ -256,7 +256,7 @@ func TestPublishErrors(t *testing.T) {
 		want             string
 	}{
 		{"exists", "dup", "torch.uint8", []byte{1}, []int64{1}, "file exists"},
-		{"torch name", "torch_1_2_3", "torch.uint8", []byte{1}, []int64{1}, "torch's segments"},
+		{"torch's own name", "torch_1_2_3", "torch.uint8", []byte{1}, []int64{1}, "torch's own segments"},
 		{"escape", "../x", "torch.uint8", []byte{1}, []int64{1}, `field "storage_key"`},
 		{"unknown dtype", "a", "torch.float8", []byte{1}, []int64{1}, `field "dtype"`},
 		{"length", "b", "torch.int32", []byte{1, 2, 3}, []int64{1}, "3 bytes of data, shape [1] of torch.int32 needs 4"},
@@ -314,5 +314,75 @@ func BenchmarkOpenCPU(b *testing.B) {
 				v.Close()
 			}
 		})
+	}
+}
+
+// TestPublishLayouts: a torch_ name gets torch's layout (header with the
+// publisher's reference, storage after it) and a descriptor torch accepts;
+// another name the plain layout and a descriptor torch refuses. Go and
+// numpy read both back.
+func TestPublishLayouts(t *testing.T) {
+	t.Parallel()
+	needPython(t, "numpy")
+	dir := anyDomain(t, Options{}).Dir()
+	data := []byte("0123456789abcdef0123456789ABCDEF")
+	tests := []struct {
+		name        string
+		header      int
+		strategy    string
+		managerPath string
+	}{
+		{"torch_go_layout", TorchHeaderSize, StrategyFileSystemBorrowed, ""},
+		{"plain_layout", 0, StrategyFileSystem, NoTorchManagerPath},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ref, err := Publish(dir, tt.name, data, "torch.int32", []int64{2, 4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ref.CPU.Strategy != tt.strategy || ref.CPU.ManagerPath != tt.managerPath {
+				t.Errorf("strategy %q, manager_path %q; want %q, %q", ref.CPU.Strategy, ref.CPU.ManagerPath, tt.strategy, tt.managerPath)
+			}
+			file, err := os.ReadFile(filepath.Join(dir, tt.name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(file) != tt.header+len(data) || !bytes.Equal(file[tt.header:], data) {
+				t.Fatalf("file holds %q, want %d header bytes then the data", file, tt.header)
+			}
+			if tt.header > 0 && binary.NativeEndian.Uint32(file) != 1 {
+				t.Errorf("refcount in the header = %d, want 1 (the publisher's)", binary.NativeEndian.Uint32(file))
+			}
+			v, err := OpenCPU(ref, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer v.Close()
+			if b, _ := v.Bytes(); !bytes.Equal(b, data) {
+				t.Errorf("Go read %q", b)
+			}
+			in, _ := json.Marshal(ref)
+			cmd := exec.Command(sysPython, "testdata/shmtool.py", "readref", dir)
+			cmd.Stdin = bytes.NewReader(in)
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), hexsha(data)) {
+				t.Errorf("numpy read: %v: %s, want sha256 %s", err, out, hexsha(data))
+			}
+		})
+	}
+}
+
+// TestNoTorchManagerPathInPythonWriters: the Python writers of plain
+// segments (the demo, the hand-off benchmark) use NoTorchManagerPath.
+func TestNoTorchManagerPathInPythonWriters(t *testing.T) {
+	for _, f := range []string{"../examples/demo/pyisolate_demo/wire.py", "../test/testdata/tipc/handoff.py"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), `NO_TORCH_MANAGER = "`+NoTorchManagerPath+`"`) || !strings.Contains(string(b), `"manager_path": NO_TORCH_MANAGER`) {
+			t.Errorf("%s does not send manager_path %s for its plain segments", f, NoTorchManagerPath)
+		}
 	}
 }

@@ -79,14 +79,25 @@ func (e *tipcEnv) bundle(name, group, module string, command []string, env map[s
 // bundleLimits is bundle with the manifest's limits given.
 func (e *tipcEnv) bundleLimits(name, group, module string, command []string, env map[string]string, limits map[string]any) string {
 	e.t.Helper()
+	return e.bundleFields(name, group, module, command, map[string]any{"env": env, "limits": limits})
+}
+
+// bundleFields writes an extension bundle whose manifest has the given
+// fields besides name, module_path, python, group and command.
+func (e *tipcEnv) bundleFields(name, group, module string, command []string, fields map[string]any) string {
+	e.t.Helper()
 	b := filepath.Join(e.dir, name)
 	if err := os.MkdirAll(b, 0o755); err != nil {
 		e.t.Fatal(err)
 	}
-	writeManifest(e.t, b, map[string]any{
+	m := map[string]any{
 		"name": name, "module_path": module, "python": "/usr/bin/python3",
-		"group": group, "command": command, "env": env, "limits": limits,
-	})
+		"group": group, "command": command,
+	}
+	for k, v := range fields {
+		m[k] = v
+	}
+	writeManifest(e.t, b, m)
 	return b
 }
 
@@ -325,21 +336,28 @@ func TestTensorKillLoopReclaim(t *testing.T) {
 	h.wait(t, time.Minute)
 }
 
-// TestTorchAcrossContainers hands a tensor from a torch host container to a
-// torch extension container with torch's own file_system reductions; the
-// extension changes it in place and the host sees it. The TensorRef the host
-// publishes decodes in Go, and Go's read-only view reads the same bytes.
-func TestTorchAcrossContainers(t *testing.T) {
-	e := newTipcEnv(t)
+// needTorch skips a test when Debian's python3-torch is missing.
+func needTorch(t testing.TB) {
+	t.Helper()
 	if err := exec.Command("/usr/bin/python3", "-c", "import torch").Run(); err != nil {
 		t.Skip("skipped: Debian's python3-torch is not installed (PYISOLATE_WITH_TORCH=1 make deps)")
 	}
+}
+
+// TestTorchAcrossContainers hands a tensor from a torch host container to a
+// torch extension container with torch's own file_system reductions; the
+// extension changes it in place and the host sees it. Both manifests say
+// share_torch and nothing else (no env): torch's shm manager socket, whose
+// path the TensorRef carries, lies in the group's socket directory, while
+// Python's tempfile keeps the private /tmp. The TensorRef the host publishes
+// decodes in Go, and Go's read-only view reads the same bytes.
+func TestTorchAcrossContainers(t *testing.T) {
+	e := newTipcEnv(t)
+	needTorch(t)
 	module := repoPath(e.tools, "test/testdata/tipc")
-	// torch's shm manager socket must be reachable at the same path in both
-	// members: TMPDIR is the group's socket directory.
-	env := map[string]string{"TMPDIR": "/run/pyisolate"}
-	host := e.bundle("torch-host", "tipc-torch", module, []string{"/usr/bin/python3", module + "/torch_host.py"}, env)
-	ext := e.bundle("torch-ext", "tipc-torch", module, []string{"/usr/bin/python3", module + "/torch_ext.py"}, env)
+	torch := map[string]any{"share_torch": true, "limits": tipcLimits}
+	host := e.bundleFields("torch-host", "tipc-torch", module, []string{"/usr/bin/python3", module + "/torch_host.py"}, torch)
+	ext := e.bundleFields("torch-ext", "tipc-torch", module, []string{"/usr/bin/python3", module + "/torch_ext.py"}, torch)
 
 	h := e.start("tipc-thost", host)
 	key := strings.TrimPrefix(h.expect(t, "listening ", 3*time.Minute), "listening ")
@@ -352,8 +370,9 @@ func TestTorchAcrossContainers(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pub struct {
-		Ref    json.RawMessage `json:"ref"`
-		SHA256 string          `json:"sha256"`
+		Ref     json.RawMessage `json:"ref"`
+		SHA256  string          `json:"sha256"`
+		TempDir string          `json:"tempdir"`
 	}
 	if err := json.Unmarshal(raw, &pub); err != nil {
 		t.Fatal(err)
@@ -364,6 +383,12 @@ func TestTorchAcrossContainers(t *testing.T) {
 	}
 	if ref.CPU == nil || ref.CPU.StorageKey != key {
 		t.Fatalf("ref = %+v, want storage key %s", ref, key)
+	}
+	if !strings.HasPrefix(ref.CPU.ManagerPath, "/run/pyisolate/torch-shm-dir-") {
+		t.Errorf("torch's manager socket is %s, want it in the group's socket directory /run/pyisolate", ref.CPU.ManagerPath)
+	}
+	if pub.TempDir != "/tmp" {
+		t.Errorf("Python's tempfile.gettempdir() in the member is %q, want the private /tmp", pub.TempDir)
 	}
 	view, err := tensoripc.OpenCPU(ref, filepath.Join(groupDir, "shm"))
 	if err != nil {

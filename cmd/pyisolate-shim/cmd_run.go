@@ -270,6 +270,11 @@ func runBundle(ctx context.Context, req runRequest) int {
 		fail(0, "container %s was killed: out of memory (limit %s)", id, limit)
 		return 137
 	}
+	if st.Signal == unix.SIGBUS && g != nil {
+		// torch filling a segment of a full tmpfs dies of SIGBUS, not ENOSPC.
+		why, _ := g.Domain.ExplainSIGBUS(ctx)
+		fail(0, "container %s was killed by SIGBUS: %s", id, why)
+	}
 	return st.Code
 }
 

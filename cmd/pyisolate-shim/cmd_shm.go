@@ -101,6 +101,10 @@ type shmSegment struct {
 	Created  time.Time `json:"created"`
 	MappedBy []string  `json:"mapped_by"`
 	Lease    time.Time `json:"lease_expires,omitzero"`
+	// State and StateDetail are tensoripc.Domain.SegmentState's verdict
+	// (live, idle, stranded, kept, reclaimable).
+	State       string `json:"state"`
+	StateDetail string `json:"state_detail,omitempty"`
 }
 
 func shmLs(args []string) int {
@@ -125,8 +129,9 @@ func shmLs(args []string) int {
 			return fail(1, "shm ls: %v", err)
 		}
 		for _, s := range segs {
+			state, detail := g.Domain.SegmentState(s, time.Now())
 			rows = append(rows, shmSegment{Group: g.Name, Name: s.Name, Owner: s.Owner, Size: s.Size,
-				Created: s.Created, MappedBy: s.UsedBy, Lease: s.LeaseExpires})
+				Created: s.Created, MappedBy: s.UsedBy, Lease: s.LeaseExpires, State: state, StateDetail: detail})
 		}
 		if p, err := g.Domain.Pressure(ctx); err == nil && p.Warn {
 			warnings = append(warnings, p.Message)
@@ -156,7 +161,7 @@ func shmLs(args []string) int {
 // terminal, start a new row, or shift the columns.
 func writeSegmentTable(w io.Writer, rows []shmSegment, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "GROUP\tSEGMENT\tOWNER\tSIZE\tAGE\tMAPPED BY")
+	fmt.Fprintln(tw, "GROUP\tSEGMENT\tOWNER\tSIZE\tAGE\tMAPPED BY\tSTATE")
 	for _, r := range rows {
 		mapped := make([]string, len(r.MappedBy))
 		for i, m := range r.MappedBy {
@@ -166,8 +171,12 @@ func writeSegmentTable(w io.Writer, rows []shmSegment, now time.Time) error {
 		if list == "" {
 			list = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", displayText(r.Group), displayText(r.Name), displayText(r.Owner),
-			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), list)
+		state := r.State
+		if r.StateDetail != "" {
+			state += ": " + r.StateDetail
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", displayText(r.Group), displayText(r.Name), displayText(r.Owner),
+			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), list, state)
 	}
 	return tw.Flush()
 }

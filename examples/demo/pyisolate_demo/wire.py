@@ -6,6 +6,13 @@ import struct
 
 SHM_DIR = os.environ.get("PYISOLATE_SHM_DIR", "/dev/shm")
 
+# The demo's segments are plain numpy files: the storage from byte 0, without
+# the header torch's file_system allocator puts first. torch given such a
+# TensorRef with an empty or real manager_path would read it 64 bytes off
+# (zeros, no error); this manager_path (tensoripc.NoTorchManagerPath) makes
+# torch refuse it ("Not a directory") instead.
+NO_TORCH_MANAGER = "/dev/null/pyisolate-plain-layout-not-for-torch"
+
 
 def send(sock, obj):
     data = json.dumps(obj).encode()
@@ -42,7 +49,7 @@ def tensor_ref(key, nbytes, n):
     """A CPU file_system TensorRef for a float32 vector of n elements."""
     return {
         "__type__": "TensorRef", "device": "cpu", "strategy": "file_system",
-        "manager_path": "", "storage_key": key, "storage_size": nbytes,
+        "manager_path": NO_TORCH_MANAGER, "storage_key": key, "storage_size": nbytes,
         "dtype": "torch.float32", "tensor_size": [n], "tensor_stride": [1],
         "tensor_offset": 0, "requires_grad": False,
     }

@@ -35,6 +35,9 @@ import time
 import numpy as np
 
 SHM = os.environ.get("PYISOLATE_SHM_DIR", "/dev/shm")
+# Plain numpy segments (no torch header): a manager_path torch refuses
+# (tensoripc.NoTorchManagerPath) rather than reading them as zeros.
+NO_TORCH_MANAGER = "/dev/null/pyisolate-plain-layout-not-for-torch"
 SOCK_DIR = os.environ.get("PYISOLATE_SOCKET_DIR", "/run/pyisolate")
 EXT_SOCK = os.path.join(SOCK_DIR, "handoff-ext.sock")
 CTL_SOCK = os.path.join(SOCK_DIR, "handoff-ctl.sock")
@@ -77,7 +80,7 @@ def tensor_ref(key, nbytes):
     """pyisolate's CPU file_system TensorRef of a float32 vector."""
     return {
         "__type__": "TensorRef", "device": "cpu", "strategy": "file_system",
-        "manager_path": "", "storage_key": key, "storage_size": nbytes,
+        "manager_path": NO_TORCH_MANAGER, "storage_key": key, "storage_size": nbytes,
         "dtype": "torch.float32", "tensor_size": [nbytes // 4], "tensor_stride": [1],
         "tensor_offset": 0, "requires_grad": False,
     }

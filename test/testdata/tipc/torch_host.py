@@ -2,9 +2,10 @@
 reductions, publishes pyisolate's TensorRef JSON for Go, and waits for the
 extension to change the tensor in place.
 
-TMPDIR must be the group's socket directory in both members: torch's
+Both members run with share_torch and the runtime's defaults: torch's
 file_system strategy hands over the path of its shm manager's socket, which
-must exist at the same path in the extension's container.
+the runtime puts in the group's socket directory (TEMPDIR), so it exists at
+the same path in the extension's container.
 """
 import hashlib
 import json
@@ -12,6 +13,7 @@ import os
 import socket
 import struct
 import sys
+import tempfile
 
 import torch
 import torch.multiprocessing as mp
@@ -44,7 +46,7 @@ ref = {
 }
 digest = hashlib.sha256(t.numpy().tobytes()).hexdigest()
 with open(os.path.join(SOCK_DIR, "ref.json.tmp"), "w") as f:
-    json.dump({"ref": ref, "sha256": digest}, f)
+    json.dump({"ref": ref, "sha256": digest, "tempdir": tempfile.gettempdir()}, f)
 os.rename(os.path.join(SOCK_DIR, "ref.json.tmp"), os.path.join(SOCK_DIR, "ref.json"))
 
 path = os.path.join(SOCK_DIR, "torch.sock")
