@@ -69,7 +69,11 @@ const DefaultRuntimeType = "io.containerd.runc.v2"
 // Block returns the managed block (markers included) that declares runtime
 // name with runtimeType for a config version, and, with withDefault,
 // containerd's default runtime (see DefaultRuntime).
-func Block(version int, name, runtimeType string, withDefault bool) (string, error) {
+//
+// A configPath other than "" is written as the runtime's options
+// (ConfigPath, which containerd hands the shim in runtimeoptions.v1.Options):
+// the file holding the node's policy for this handler.
+func Block(version int, name, runtimeType string, withDefault bool, configPath string) (string, error) {
 	path, err := RuntimesPath(version)
 	if err != nil {
 		return "", err
@@ -78,6 +82,9 @@ func Block(version int, name, runtimeType string, withDefault bool) (string, err
 	b.WriteString(beginMarker(name) + "\n")
 	fmt.Fprintf(&b, "[%s]\n  runtime_type = %q\n  pod_annotations = [%s]\n",
 		formatKey(append(append([]string{}, path...), name)), runtimeType, quoteList(PodAnnotations))
+	if configPath != "" {
+		fmt.Fprintf(&b, "[%s]\n  ConfigPath = %q\n", formatKey(append(append([]string{}, path...), name, "options")), configPath)
+	}
 	if withDefault {
 		fmt.Fprintf(&b, "# containerd's default runtime, declared because a runtimes table replaces containerd's built-in one\n[%s]\n  runtime_type = %q\n",
 			formatKey(append(append([]string{}, path...), DefaultRuntime)), DefaultRuntimeType)
@@ -145,7 +152,7 @@ type EditResult struct {
 // document is not valid TOML, already declares the runtime differently
 // outside the block, or declares it in a form (dotted keys, inline tables)
 // that a table cannot be added to.
-func AddRuntime(data []byte, name, runtimeType string, defaultVersion int) (EditResult, error) {
+func AddRuntime(data []byte, name, runtimeType string, defaultVersion int, configPath string) (EditResult, error) {
 	info, err := ReadConfigInfo(data)
 	if err != nil {
 		return EditResult{}, err
@@ -209,7 +216,7 @@ func AddRuntime(data []byte, name, runtimeType string, defaultVersion int) (Edit
 			withDefault = true
 		}
 	}
-	block, err := Block(version, name, runtimeType, withDefault)
+	block, err := Block(version, name, runtimeType, withDefault, configPath)
 	if err != nil {
 		return EditResult{}, err
 	}

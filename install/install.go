@@ -34,6 +34,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
 // ShimName is the file name containerd looks for to run runtime type
@@ -82,6 +84,14 @@ type Options struct {
 	DryRun bool
 	// Now is the clock for the backup name (time.Now).
 	Now func() time.Time
+	// Policy, when set, is the node's policy for plain containers of this
+	// runtime ("faithful" or "hardened"; containerd hands it to the shim
+	// through the runtime's options). Empty writes no options: the shim's
+	// default, hardened.
+	Policy string
+	// ConfigDir receives the runtime's config file, <ConfigDir>/<RuntimeName>.toml,
+	// when Policy is set (DefaultConfigDir).
+	ConfigDir string
 
 	// run executes a restart command (tests replace it).
 	run func(ctx context.Context, argv []string) error
@@ -110,7 +120,18 @@ type Result struct {
 	Notes []string
 }
 
+// DefaultConfigDir is where Install writes a runtime's config file.
+const DefaultConfigDir = "/etc/pyisolate"
+
+// runtimeConfigPath is the config file of the runtime Install declares.
+func (o *Options) runtimeConfigPath() string {
+	return filepath.Join(o.ConfigDir, o.RuntimeName+".toml")
+}
+
 func (o *Options) defaults() error {
+	if o.ConfigDir == "" {
+		o.ConfigDir = DefaultConfigDir
+	}
 	if o.ContainerdConfig == "" {
 		o.ContainerdConfig = DefaultContainerdConfig
 	}
@@ -184,7 +205,24 @@ func Install(ctx context.Context, o Options) (*Result, error) {
 			defVersion = 3
 		}
 	}
-	ed, err := AddRuntime(old, o.RuntimeName, o.RuntimeType, defVersion)
+	configPath := ""
+	if o.Policy != "" {
+		if _, err := spec.ParsePolicy(o.Policy); err != nil {
+			return nil, fmt.Errorf("--policy: %w", err)
+		}
+		configPath = o.runtimeConfigPath()
+		body := fmt.Sprintf("# pyisolate runtime %q: the node's policy for plain containers (written by pyisolate install)\npolicy = %q\n", o.RuntimeName, o.Policy)
+		res.Notes = append(res.Notes, fmt.Sprintf("policy %s for runtime %q in %s", o.Policy, o.RuntimeName, configPath))
+		if !o.DryRun {
+			if err := os.MkdirAll(o.ConfigDir, 0o755); err != nil {
+				return nil, err
+			}
+			if err := writeFileAtomic(configPath, []byte(body), 0o644); err != nil {
+				return nil, err
+			}
+		}
+	}
+	ed, err := AddRuntime(old, o.RuntimeName, o.RuntimeType, defVersion, configPath)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.ContainerdConfig, err)
 	}
@@ -246,6 +284,11 @@ func Uninstall(ctx context.Context, o Options) (*Result, error) {
 					return nil, err
 				}
 			}
+		}
+	}
+	if _, err := os.Stat(o.runtimeConfigPath()); err == nil && !o.DryRun {
+		if err := os.Remove(o.runtimeConfigPath()); err != nil {
+			return nil, err
 		}
 	}
 	if !o.SkipBinaries {

@@ -79,7 +79,7 @@ const v1Config = `root = "/var/lib/containerd"
 
 func block(t *testing.T, v int, withRunc bool) string {
 	t.Helper()
-	b, err := Block(v, DefaultRuntimeName, RuntimeType, withRunc)
+	b, err := Block(v, DefaultRuntimeName, RuntimeType, withRunc, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +123,7 @@ func TestAddRuntime(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			res, err := AddRuntime([]byte(c.in), DefaultRuntimeName, RuntimeType, c.defVersion)
+			res, err := AddRuntime([]byte(c.in), DefaultRuntimeName, RuntimeType, c.defVersion, "")
 			if c.err != "" {
 				if err == nil || !strings.Contains(err.Error(), c.err) {
 					t.Fatalf("err = %v, want %q", err, c.err)
@@ -163,7 +163,7 @@ func TestAddRuntime(t *testing.T) {
 				t.Errorf("runtime table = %v", got)
 			}
 			// Idempotent.
-			again, err := AddRuntime(res.Data, DefaultRuntimeName, RuntimeType, c.defVersion)
+			again, err := AddRuntime(res.Data, DefaultRuntimeName, RuntimeType, c.defVersion, "")
 			if err != nil || again.Changed || !bytes.Equal(again.Data, res.Data) {
 				t.Errorf("second AddRuntime: changed=%v err=%v", again.Changed, err)
 			}
@@ -186,7 +186,7 @@ func TestAddRuntime(t *testing.T) {
 }
 
 func TestAddRuntimeKeepsOtherSettings(t *testing.T) {
-	res, err := AddRuntime([]byte(v2WithRuntimes), DefaultRuntimeName, RuntimeType, 0)
+	res, err := AddRuntime([]byte(v2WithRuntimes), DefaultRuntimeName, RuntimeType, 0, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestRemoveRuntime(t *testing.T) {
 		t.Errorf("hand-made: removed=%v unmanaged=%v err=%v", removed, unmanaged, err)
 	}
 	// Another runtime name's block stays.
-	other, _ := Block(2, "other", RuntimeType, true)
+	other, _ := Block(2, "other", RuntimeType, true, "")
 	ours := block(t, 2, false)
 	in := "version = 2\n\n" + other + "\n" + ours
 	out, removed, _, err = RemoveRuntime([]byte(in), DefaultRuntimeName)

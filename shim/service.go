@@ -75,6 +75,9 @@ type container struct {
 	group string
 	// res holds the container's id (runtime.Runtime.Lock) until Delete.
 	res *runtime.Reservation
+	// policy is the level a plain container runs under; "" for an
+	// extension (the manifest's sandbox).
+	policy spec.Policy
 	c   *runtime.Container
 	// mu orders events: Start and Exec-start hold it while they publish,
 	// the exit watchers take it before they publish an exit.
@@ -260,7 +263,7 @@ func invalid(format string, a ...any) error {
 // runs with: the sandbox built from the pyisolate manifest when the bundle
 // has one (pyisolate.json or io.pyisolate.* annotations), else the caller's
 // spec hardened by spec.Harden.
-func (s *service) buildSpec(ctx context.Context, id, bundle string) (_ *specs.Spec, group string, retErr error) {
+func (s *service) buildSpec(ctx context.Context, id, bundle string, node spec.Policy) (_ *specs.Spec, group string, retErr error) {
 	m, plain, err := spec.LoadBundle(bundle)
 	if err != nil {
 		// A plain container that only names its isolation group (to share
@@ -275,15 +278,25 @@ func (s *service) buildSpec(ctx context.Context, id, bundle string) (_ *specs.Sp
 		return nil, "", invalid("pyisolate: bundle %s has no %s", bundle, spec.ConfigFile)
 	}
 	if m == nil {
-		host := plainHost()
-		out, err := spec.Harden(plain, host)
+		policy, err := node.Tighten(plain.Annotations[spec.AnnotationPolicy])
 		if err != nil {
 			return nil, "", invalid("pyisolate: %v", err)
+		}
+		host := plainHost()
+		out, err := spec.ApplyPolicy(plain, policy, host, runtime.PolicyHostChecks())
+		if err != nil {
+			return nil, "", invalid("pyisolate: %v", err)
+		}
+		if f := out.Annotations[spec.AnnotationFloors]; f != "" {
+			log.G(ctx).WithField("id", id).Infof("policy %s applied its floors: %s", policy, f)
 		}
 		if d := spec.DegradedList(out); len(d) > 0 {
 			log.G(ctx).WithField("id", id).Warnf("sandbox degraded on this host (%s): %v", host.Restriction, d)
 		}
 		return out, "", nil
+	}
+	if err := spec.CheckExtensionRequest(plain, runtime.PolicyHostChecks()); err != nil {
+		return nil, "", invalid("pyisolate: %v", err)
 	}
 	host, err := s.hostProfile(ctx)
 	if err != nil {
@@ -446,7 +459,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			}
 		}()
 	}
-	sp, group, err := s.buildSpec(ctx, r.ID, r.Bundle)
+	node, err := policyFromOptions(r.Options)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(invalid("pyisolate: %v", err))
+	}
+	sp, group, err := s.buildSpec(ctx, r.ID, r.Bundle, node)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -492,6 +509,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(err)
 	}
 	c.c = rc
+	c.policy = spec.Policy(sp.Annotations[spec.AnnotationPolicyOut])
 	c.init = newProc("", stdio)
 	c.init.io = pio
 	c.init.pid = st.InitPID
@@ -730,12 +748,24 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 	if r.Terminal != ps.Terminal {
 		return nil, errgrpc.ToGRPC(invalid("pyisolate: exec %s: the request's terminal (%v) and the spec's process.terminal (%v) differ", r.ExecID, r.Terminal, ps.Terminal))
 	}
-	// containerd builds the exec spec from the container's original process:
-	// the sandbox's dropped capabilities and no_new_privileges apply to exec
-	// processes too (nil capabilities: the container's).
-	ps.Capabilities = nil
-	ps.NoNewPrivileges = true
-	ps.ApparmorProfile = ""
+	switch c.policy {
+	case "":
+		// An extension: containerd builds the exec spec from the container's
+		// original process; the sandbox's dropped capabilities and
+		// no_new_privileges apply to exec processes too (nil capabilities:
+		// the container's).
+		ps.Capabilities = nil
+		ps.NoNewPrivileges = true
+		ps.ApparmorProfile = ""
+	case spec.PolicyHardened:
+		// An exec process enters the container from the host: the policy
+		// checks its capabilities as it checked the init's, and its floor
+		// applies.
+		if err := spec.CheckProcessPolicy(&ps, c.policy); err != nil {
+			return nil, errgrpc.ToGRPC(invalid("pyisolate: exec %s: %v", r.ExecID, err))
+		}
+		ps.NoNewPrivileges = true
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.execs[r.ExecID]; ok || r.ExecID == "" {

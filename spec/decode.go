@@ -977,8 +977,10 @@ func splitList(v string) ([]string, error) {
 
 // isInputAnnotation reports whether key is an io.pyisolate.* annotation that
 // ManifestFromAnnotations reads (not one the builder writes).
+// io.pyisolate.policy is the runtime's, not the manifest's: it tightens the
+// policy of a plain container (see Policy).
 func isInputAnnotation(key string) bool {
-	return strings.HasPrefix(key, AnnotationPrefix) &&
+	return strings.HasPrefix(key, AnnotationPrefix) && key != AnnotationPolicy &&
 		key != AnnotationDegraded && !strings.HasPrefix(key, AnnotationOutPrefix)
 }
 

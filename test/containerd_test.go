@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,15 +40,17 @@ func TestContainerdRun(t *testing.T) {
 		}
 		d.Ctr(t, 1, d.RunArgs([]string{"--rm"}, "false", "/bin/false")...)
 
-		// A plain OCI spec runs hardened: no capabilities, no_new_privs,
-		// seccomp filter, /proc/kcore masked.
+		// A plain OCI spec runs under policy hardened: the capabilities it
+		// asked for (containerd's default set) kept, and the floors:
+		// no_new_privs, a seccomp filter, /proc/kcore masked.
 		r = d.Ctr(t, 0, d.RunArgs([]string{"--rm"}, "status", "/bin/sh", "-c",
 			"grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; [ -s /proc/kcore ] && echo kcore-readable || echo kcore-masked")...)
-		for _, want := range []string{"CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2", "kcore-masked"} {
+		for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2", "kcore-masked"} {
 			if !strings.Contains(r.Stdout, want) {
-				t.Errorf("hardening: %q missing from\n%s", want, r.Stdout)
+				t.Errorf("hardened floors: %q missing from\n%s", want, r.Stdout)
 			}
 		}
+		ctrdCheckDefaultCaps(t, r.Stdout, "CapBnd")
 
 		// SIGKILL from ctr task kill: the foreground ctr run exits 137.
 		code := ctrdRunAndKill(t, d, "killed", []string{"/bin/sleep", "100"}, "KILL")
@@ -110,12 +113,12 @@ func TestContainerdExec(t *testing.T) {
 			d.Ctr(t, i, "task", "exec", "--exec-id", fmt.Sprintf("code%d", i), "box", "/bin/sh", "-c", fmt.Sprintf("exit %d", i))
 			d.Ctr(t, 0, "task", "exec", "--exec-id", fmt.Sprintf("true%d", i), "box", "/bin/true")
 		}
-		// Exec processes are hardened like the init, whatever containerd's
-		// copy of the original process says.
+		// Exec processes get the policy's check and floor like the init.
 		r = d.Ctr(t, 0, "task", "exec", "--exec-id", "caps", "box", "/bin/grep", "-E", "^(CapBnd|NoNewPrivs):", "/proc/self/status")
-		if !strings.Contains(r.Stdout, "CapBnd:\t0000000000000000") || !strings.Contains(r.Stdout, "NoNewPrivs:\t1") {
-			t.Errorf("exec not hardened:\n%s", r.Stdout)
+		if !strings.Contains(r.Stdout, "NoNewPrivs:\t1") {
+			t.Errorf("exec without the hardened floor:\n%s", r.Stdout)
 		}
+		ctrdCheckDefaultCaps(t, r.Stdout, "CapBnd")
 		r = d.Ctr(t, 0, "task", "ps", "box")
 		if !strings.Contains(r.Stdout, fmt.Sprint(pid)) {
 			t.Errorf("task ps lacks the init pid %d:\n%s", pid, r.Stdout)
@@ -384,4 +387,24 @@ func TestContainerdStaleState(t *testing.T) {
 		}
 		ctrdAssertClean(t, d2, "stale", pid, shim)
 	})
+}
+
+// ctrdDefaultCaps is containerd's default capability set (Docker's), as a
+// /proc/PID/status mask: what `ctr run` asks for, and policy hardened keeps.
+const ctrdDefaultCaps = 0x00000000a80425fb
+
+// ctrdCheckDefaultCaps fails t unless the status line field of status holds
+// a non-empty subset of containerd's default capabilities.
+func ctrdCheckDefaultCaps(t *testing.T, status, field string) {
+	t.Helper()
+	for _, l := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil || caps == 0 || caps&^ctrdDefaultCaps != 0 {
+				t.Errorf("%s = %s: want the requested default capabilities (%#x), no more", field, strings.TrimSpace(v), ctrdDefaultCaps)
+			}
+			return
+		}
+	}
+	t.Errorf("%s missing from\n%s", field, status)
 }

@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -211,6 +212,19 @@ state = %q
 	if l, err := os.Readlink(filepath.Join(e.bin, "containerd-shim-pyisolate-v1")); err != nil || l != "pyisolate" {
 		t.Fatalf("shim link: %q %v", l, err)
 	}
+	// A second handler whose node policy is faithful, as an operator who
+	// wants plain pods run as runc runs them installs it.
+	faithfulArgs := []string{"install", "--containerd-config", e.config, "--bin-dir", e.bin, "--restart=false",
+		"--runtime-name", "pyisolate-faithful", "--policy", "faithful", "--config-dir", filepath.Join(dir, "etc-pyisolate")}
+	if out, err := exec.Command(src, faithfulArgs...).CombinedOutput(); err != nil {
+		t.Fatalf("pyisolate install --policy faithful: %v\n%s", err, out)
+	}
+	cfg, _ = os.ReadFile(e.config)
+	wantOpts := "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.pyisolate-faithful.options]\n  ConfigPath = \"" +
+		filepath.Join(dir, "etc-pyisolate", "pyisolate-faithful.toml") + "\""
+	if !strings.Contains(string(cfg), wantOpts) {
+		t.Fatalf("config after install --policy faithful lacks %q:\n%s", wantOpts, cfg)
+	}
 
 	logf, err := os.Create(e.log)
 	if err != nil {
@@ -380,7 +394,7 @@ func TestCRI(t *testing.T) {
 		t.Fatalf("crictl images:\n%s", images)
 	}
 
-	// The pod: node network (no CNI), our runtime handler.
+	// The pod: node network (no CNI), our runtime handlers.
 	writeJSON := func(name string, v any) string {
 		p := filepath.Join(e.dir, name)
 		b, _ := json.MarshalIndent(v, "", "  ")
@@ -405,7 +419,20 @@ func TestCRI(t *testing.T) {
 		"linux":    map[string]any{},
 	})
 
-	podID := e.crictlOK(t, "runp", "--runtime", "pyisolate", pod)
+	// The default handler's policy, hardened, refuses a pod in the node's
+	// network namespace, and says so through CRI.
+	if out, err := e.crictlRun(time.Minute, "runp", "--runtime", "pyisolate", pod); err == nil ||
+		!strings.Contains(out, "linux.namespaces: no network namespace: the container would share the host's; refused by policy hardened") {
+		t.Errorf("runp of a host-network pod under policy hardened: want the refusal, got %v:\n%s", err, out)
+	}
+	if out := e.crictlOK(t, "pods", "-q"); out != "" {
+		// The refused sandbox is cleaned up by containerd.
+		for _, id := range strings.Fields(out) {
+			e.crictlRun(time.Minute, "rmp", "-f", id)
+		}
+	}
+
+	podID := e.crictlOK(t, "runp", "--runtime", "pyisolate-faithful", pod)
 	t.Logf("pod %s", podID)
 	inspect := e.crictlOK(t, "inspectp", podID)
 	var pi struct {
@@ -420,7 +447,7 @@ func TestCRI(t *testing.T) {
 	if err := json.Unmarshal([]byte(inspect), &pi); err != nil {
 		t.Fatalf("inspectp: %v\n%s", err, inspect)
 	}
-	if pi.Status.State != "SANDBOX_READY" || pi.Info.RuntimeHandler != "pyisolate" || pi.Info.RuntimeType != "io.containerd.pyisolate.v1" {
+	if pi.Status.State != "SANDBOX_READY" || pi.Info.RuntimeHandler != "pyisolate-faithful" || pi.Info.RuntimeType != "io.containerd.pyisolate.v1" {
 		t.Errorf("pod: state %q handler %q type %q", pi.Status.State, pi.Info.RuntimeHandler, pi.Info.RuntimeType)
 	}
 	if len(e.criShims()) == 0 {
@@ -497,11 +524,22 @@ func TestCRI(t *testing.T) {
 
 	// Uninstall takes the entry out again and leaves the rest byte for byte.
 	src := filepath.Join(e.dir, "src", "pyisolate")
+	confDir := filepath.Join(e.dir, "etc-pyisolate")
+	if out, err := exec.Command(src, "uninstall", "--containerd-config", e.config, "--bin-dir", e.bin, "--restart=false",
+		"--runtime-name", "pyisolate-faithful", "--config-dir", confDir, "--config-only").CombinedOutput(); err != nil {
+		t.Errorf("pyisolate uninstall --runtime-name pyisolate-faithful: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(confDir, "pyisolate-faithful.toml")); err == nil {
+		t.Error("uninstall left the runtime's policy file")
+	}
 	if out, err := exec.Command(src, "uninstall", "--containerd-config", e.config, "--bin-dir", e.bin, "--restart=false").CombinedOutput(); err != nil {
 		t.Errorf("pyisolate uninstall: %v\n%s", err, out)
 	}
 	backups, _ := filepath.Glob(e.config + ".pyisolate-backup-*")
-	if len(backups) == 1 {
+	sort.Strings(backups) // the oldest, the original, first
+	if len(backups) == 0 {
+		t.Error("no backup of containerd's config")
+	} else {
 		orig, _ := os.ReadFile(backups[0])
 		now, _ := os.ReadFile(e.config)
 		if string(orig) != string(now) {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/pyisolate/pyisolate-oci/install"
+	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
 func init() {
@@ -19,14 +20,16 @@ func installMain(verb string, args []string) int {
 	cfg := fs.String("containerd-config", install.DefaultContainerdConfig, "containerd's config.toml (created when missing)")
 	binDir := fs.String("bin-dir", install.DefaultBinDir, "directory on containerd's PATH for pyisolate and "+install.ShimName)
 	name := fs.String("runtime-name", install.DefaultRuntimeName, "runtime table key (the Kubernetes RuntimeClass handler)")
+	configDir := fs.String("config-dir", install.DefaultConfigDir, "directory of the runtime's config file (NAME.toml, written with --policy)")
 	restart := fs.Bool("restart", true, "restart containerd when the config changed (systemd only, or --restart-command)")
 	restartCmd := fs.String("restart-command", "", "command to restart containerd with instead of systemctl (split on spaces)")
 	dryRun := fs.Bool("dry-run", false, "print the resulting config and change nothing")
 	skipBin := fs.Bool("config-only", false, "leave the bin directory alone")
 	var source *string
 	var version *int
-	var containerd *string
+	var containerd, policy *string
 	if verb == "install" {
+		policy = fs.String("policy", "", "the node's policy for plain containers of this runtime: hardened (the shim's default) or faithful; written to --config-dir/NAME.toml and named in the runtime's options")
 		source = fs.String("source", "", "binary to install (default: this one)")
 		version = fs.Int("config-version", 0, "config version for a missing or empty config: 2 (containerd 1.x) or 3 (2.x); default from 'containerd --version'")
 		containerd = fs.String("containerd", "containerd", "containerd binary asked for its version when the config is empty")
@@ -41,6 +44,7 @@ func installMain(verb string, args []string) int {
 		ContainerdConfig: *cfg,
 		BinDir:           *binDir,
 		RuntimeName:      *name,
+		ConfigDir:        *configDir,
 		Restart:          *restart,
 		DryRun:           *dryRun,
 		SkipBinaries:     *skipBin,
@@ -52,7 +56,12 @@ func installMain(verb string, args []string) int {
 	var res *install.Result
 	var err error
 	if verb == "install" {
-		o.Source, o.ConfigVersion, o.ContainerdBinary = *source, *version, *containerd
+		o.Source, o.ConfigVersion, o.ContainerdBinary, o.Policy = *source, *version, *containerd, *policy
+		if o.Policy != "" {
+			if _, err := spec.ParsePolicy(o.Policy); err != nil {
+				return fail(exitUsage, "install: --policy: %v", err)
+			}
+		}
 		if o.ConfigVersion != 0 && (o.ConfigVersion < 1 || o.ConfigVersion > 3) {
 			return fail(exitUsage, "install: --config-version: want 2 or 3 (1 for old configs), not %d", o.ConfigVersion)
 		}

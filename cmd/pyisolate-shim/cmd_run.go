@@ -83,7 +83,7 @@ func usageError(fs *flag.FlagSet, format string, a ...any) int {
 }
 
 func runMain(args []string) int {
-	fs := newFlagSet("run", "[--group G] [--root DIR] [--id ID] [--shm-retention D] BUNDLE [-- CMD...]\n\n"+
+	fs := newFlagSet("run", "[--group G] [--root DIR] [--id ID] [--shm-retention D] [--policy P] BUNDLE [-- CMD...]\n\n"+
 		"Runs the bundle's extension in the foreground with stdio attached and exits with\n"+
 		"its status (128+N when killed by signal N, 137 when out of memory); 2 means bad\n"+
 		"input, 125 a runtime failure. The container is deleted afterwards. Members of one\n"+
@@ -93,12 +93,17 @@ func runMain(args []string) int {
 	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
 	id := fs.String("id", "", idFlagHelp+" (default: the extension name and a random suffix)")
 	retention := fs.Duration("shm-retention", 0, "how long an exited member's shared-memory segments are kept (default 30s; set when the group is created)")
+	policyName := fs.String("policy", string(spec.DefaultPolicy), "policy for a plain bundle (no manifest): hardened refuses privileged requests and applies its floors, faithful runs it as runc would")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
 		return usageError(fs, "no bundle given")
+	}
+	policy, err := spec.ParsePolicy(*policyName)
+	if err != nil {
+		return usageError(fs, "--policy: %v", err)
 	}
 	if *retention < 0 {
 		return usageError(fs, "--shm-retention must not be negative")
@@ -111,7 +116,7 @@ func runMain(args []string) int {
 		cmd = cmd[1:]
 	}
 	return runBundle(context.Background(), runRequest{
-		Bundle: bundle, Group: *group, Root: *root, ID: *id, Command: cmd, Retention: *retention,
+		Bundle: bundle, Group: *group, Root: *root, ID: *id, Command: cmd, Retention: *retention, Policy: policy,
 	})
 }
 
@@ -155,6 +160,8 @@ type runRequest struct {
 	Command []string
 	// Retention is the group's segment retention, when this run creates it.
 	Retention time.Duration
+	// Policy is the level for a plain bundle.
+	Policy spec.Policy
 }
 
 // runBundle runs one bundle and returns the exit status for the CLI.
@@ -197,7 +204,7 @@ func runBundle(ctx context.Context, req runRequest) int {
 	var g *runtime.Group
 	if m == nil {
 		// A plain OCI bundle: its config.json with our defaults on top.
-		s, err = hardenPlain(ctx, req.Root, plain)
+		s, err = applyPolicy(ctx, req.Root, req.Policy, plain)
 	} else {
 		group := req.Group
 		if group == "" {
@@ -304,13 +311,18 @@ func leaveGroup(g *runtime.Group, id string) {
 	}
 }
 
-// hardenPlain applies pyisolate's defaults to a plain OCI bundle's spec.
-func hardenPlain(ctx context.Context, root string, plain *specs.Spec) (*specs.Spec, error) {
+// applyPolicy gives a plain OCI bundle's spec the policy asked for
+// (--policy, tightened by the spec's io.pyisolate.policy annotation).
+func applyPolicy(ctx context.Context, root string, node spec.Policy, plain *specs.Spec) (*specs.Spec, error) {
+	p, err := node.Tighten(plain.Annotations[spec.AnnotationPolicy])
+	if err != nil {
+		return nil, &bundleError{err}
+	}
 	prof, err := runtime.DetectCached(ctx, root)
 	if err != nil {
 		return nil, fmt.Errorf("detect host: %w", err)
 	}
-	s, err := spec.Harden(plain, prof.SpecHost())
+	s, err := spec.ApplyPolicy(plain, p, prof.SpecHost(), runtime.PolicyHostChecks())
 	if err != nil {
 		return nil, &bundleError{err}
 	}
