@@ -78,7 +78,7 @@ type container struct {
 	// policy is the level a plain container runs under; "" for an
 	// extension (the manifest's sandbox).
 	policy spec.Policy
-	c   *runtime.Container
+	c      *runtime.Container
 	// mu orders events: Start and Exec-start hold it while they publish,
 	// the exit watchers take it before they publish an exit.
 	mu    sync.Mutex
