@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -76,6 +77,11 @@ type Profile struct {
 	// CgroupV2Path is where the cgroup2 hierarchy is mounted: CgroupRoot for
 	// v2, usually /sys/fs/cgroup/unified for hybrid, empty for v1.
 	CgroupV2Path string `json:"cgroup_v2_path,omitempty"`
+	// CgroupReadOnly reports that the cgroup hierarchies the runtime would
+	// create cgroups in are mounted read-only, as inside a Docker or
+	// Kubernetes container that is not privileged: no memory, pids or CPU
+	// limit can be set there.
+	CgroupReadOnly bool `json:"cgroup_read_only,omitempty"`
 	// Seccomp reports whether the kernel supports seccomp filters.
 	Seccomp bool `json:"seccomp"`
 	// SeccompActions are the filter actions the kernel offers
@@ -579,6 +585,8 @@ func errnoName(errno syscall.Errno, err error) string {
 // mountEntry is one line of /proc/self/mountinfo.
 type mountEntry struct {
 	point, fstype string
+	// readOnly: the mount (not only its filesystem) is read-only.
+	readOnly bool
 }
 
 // parseMountinfo reads the mount point and filesystem type of each line of a
@@ -597,7 +605,8 @@ func parseMountinfo(b []byte) ([]mountEntry, error) {
 		if !ok || len(fields) < 5 || len(tail) < 1 {
 			return nil, fmt.Errorf("mountinfo line %d: malformed: %q", n, line)
 		}
-		ms = append(ms, mountEntry{point: unescapeMount(fields[4]), fstype: tail[0]})
+		ro := len(fields) > 5 && slices.Contains(strings.Split(fields[5], ","), "ro")
+		ms = append(ms, mountEntry{point: unescapeMount(fields[4]), fstype: tail[0], readOnly: ro})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
@@ -681,8 +690,42 @@ func detectCgroups(env detectEnv, p *Profile) error {
 	if p.CgroupVersion == "" {
 		p.Warnings = append(p.Warnings, "no cgroup filesystem is mounted: memory, pids and CPU limits cannot be set"+
 			WarningRemedySep+"mount cgroup2 at /sys/fs/cgroup ('mount -t cgroup2 none /sys/fs/cgroup')")
+		return nil
+	}
+	p.CgroupReadOnly = cgroupReadOnly(ms, p.CgroupVersion, p.CgroupV2Path)
+	if p.CgroupReadOnly {
+		p.Warnings = append(p.Warnings, CgroupReadOnlyWarning+WarningRemedySep+CgroupReadOnlyRemedy)
 	}
 	return nil
+}
+
+// CgroupReadOnlyWarning is detect's warning for Profile.CgroupReadOnly.
+const CgroupReadOnlyWarning = "the cgroup filesystem is mounted read-only (inside a container that is not privileged): " +
+	"no memory, pids or CPU limit can be set, so 'pyisolate run' as root refuses to start extensions"
+
+// CgroupReadOnlyRemedy is what to do about Profile.CgroupReadOnly.
+const CgroupReadOnlyRemedy = "run the runtime's container privileged ('docker run --privileged'; in Kubernetes " +
+	"securityContext.privileged: true), or run pyisolate on the host (the containerd shim)"
+
+// cgroupReadOnly reports whether a hierarchy the runtime creates cgroups in
+// is mounted read-only: the cgroup2 mount for v2, any v1 hierarchy for v1
+// and hybrid (libcontainer makes a cgroup in each). The last mount of a
+// point wins.
+func cgroupReadOnly(ms []mountEntry, version, v2path string) bool {
+	ro := map[string]bool{}
+	for _, m := range ms {
+		switch {
+		case version == CgroupV2 && m.fstype == "cgroup2" && m.point == v2path,
+			version != CgroupV2 && m.fstype == "cgroup":
+			ro[m.point] = m.readOnly
+		}
+	}
+	for _, r := range ro {
+		if r {
+			return true
+		}
+	}
+	return false
 }
 
 // detectSeccomp fills the seccomp fields of p: the kernel supports filters
