@@ -236,6 +236,8 @@ type detectEnv struct {
 	seccompPrctl func() error
 	// seccompBuiltIn reports whether the binary has seccomp compiled in.
 	seccompBuiltIn bool
+	// openat2 calls openat2(2) on a directory; nil when the kernel has it.
+	openat2 func() error
 }
 
 // path returns p under the environment's root.
@@ -281,6 +283,7 @@ func detectAt(ctx context.Context, env detectEnv) (*Profile, error) {
 		return nil, err
 	}
 	detectSeccomp(env, f, p)
+	detectOpenat2(env, p)
 	p.Shm = detectShm(env)
 	p.Paths = existingPaths(env)
 	p.MemTotal = memTotal(env)
@@ -749,6 +752,20 @@ func detectSeccomp(env detectEnv, f hostFacts, p *Profile) {
 	if !p.SeccompBuiltIn {
 		p.Warnings = append(p.Warnings, "this binary was built without seccomp support: sandboxes run without a syscall filter"+
 			WarningRemedySep+"build with cgo, libseccomp-dev and '-tags seccomp' ('make build')")
+	}
+}
+
+// detectOpenat2 warns when the kernel lacks openat2(2) (Linux 5.6+; Ubuntu
+// 20.04's 5.4, RHEL 8's 4.18): the runtime opens every path a manifest names
+// with it, so manifest bundles cannot run there.
+func detectOpenat2(env detectEnv, p *Profile) {
+	if env.openat2 == nil {
+		return
+	}
+	if err := env.openat2(); errors.Is(err, syscall.ENOSYS) {
+		p.Warnings = append(p.Warnings, "the kernel has no openat2 (Linux 5.6 or newer has it): 'pyisolate run' "+
+			"cannot pin a manifest's paths, so manifest bundles fail to start"+WarningRemedySep+
+			"boot a 5.6+ kernel (Ubuntu 20.04: the HWE kernel, 'apt install linux-generic-hwe-20.04')")
 	}
 }
 

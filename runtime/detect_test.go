@@ -515,6 +515,34 @@ func TestDetectCgroupReadOnly(t *testing.T) {
 	}
 }
 
+// TestDetectOpenat2: a kernel without openat2 (before 5.6: Ubuntu 20.04's
+// 5.4, RHEL 8's 4.18) is warned about with its remedy; other errors of the
+// call (a path problem, not the kernel) are not.
+func TestDetectOpenat2(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		warn bool
+	}{
+		{"present", nil, false},
+		{"missing", syscall.ENOSYS, true},
+		{"other error", syscall.EACCES, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := fakeEnv(fakeRoot(t, baseFiles()), nil)
+			env.openat2 = func() error { return tc.err }
+			p, err := detectAt(context.Background(), env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(p.Warnings, "\n")
+			if strings.Contains(got, "no openat2") != tc.warn || (tc.warn && !strings.Contains(got, "linux-generic-hwe-20.04")) {
+				t.Errorf("warnings %q, want the openat2 warning: %v", got, tc.warn)
+			}
+		})
+	}
+}
+
 func TestDetectNoCgroupsWarns(t *testing.T) {
 	files := baseFiles()
 	files["proc/self/mountinfo"] = "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
