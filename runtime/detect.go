@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -76,6 +77,11 @@ type Profile struct {
 	// CgroupV2Path is where the cgroup2 hierarchy is mounted: CgroupRoot for
 	// v2, usually /sys/fs/cgroup/unified for hybrid, empty for v1.
 	CgroupV2Path string `json:"cgroup_v2_path,omitempty"`
+	// CgroupReadOnly reports that the cgroup hierarchies the runtime would
+	// create cgroups in are mounted read-only, as inside a Docker or
+	// Kubernetes container that is not privileged: no memory, pids or CPU
+	// limit can be set there.
+	CgroupReadOnly bool `json:"cgroup_read_only,omitempty"`
 	// Seccomp reports whether the kernel supports seccomp filters.
 	Seccomp bool `json:"seccomp"`
 	// SeccompActions are the filter actions the kernel offers
@@ -230,6 +236,8 @@ type detectEnv struct {
 	seccompPrctl func() error
 	// seccompBuiltIn reports whether the binary has seccomp compiled in.
 	seccompBuiltIn bool
+	// openat2 calls openat2(2) on a directory; nil when the kernel has it.
+	openat2 func() error
 }
 
 // path returns p under the environment's root.
@@ -275,6 +283,7 @@ func detectAt(ctx context.Context, env detectEnv) (*Profile, error) {
 		return nil, err
 	}
 	detectSeccomp(env, f, p)
+	detectOpenat2(env, p)
 	p.Shm = detectShm(env)
 	p.Paths = existingPaths(env)
 	p.MemTotal = memTotal(env)
@@ -579,6 +588,8 @@ func errnoName(errno syscall.Errno, err error) string {
 // mountEntry is one line of /proc/self/mountinfo.
 type mountEntry struct {
 	point, fstype string
+	// readOnly: the mount (not only its filesystem) is read-only.
+	readOnly bool
 }
 
 // parseMountinfo reads the mount point and filesystem type of each line of a
@@ -597,7 +608,8 @@ func parseMountinfo(b []byte) ([]mountEntry, error) {
 		if !ok || len(fields) < 5 || len(tail) < 1 {
 			return nil, fmt.Errorf("mountinfo line %d: malformed: %q", n, line)
 		}
-		ms = append(ms, mountEntry{point: unescapeMount(fields[4]), fstype: tail[0]})
+		ro := len(fields) > 5 && slices.Contains(strings.Split(fields[5], ","), "ro")
+		ms = append(ms, mountEntry{point: unescapeMount(fields[4]), fstype: tail[0], readOnly: ro})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
@@ -681,8 +693,42 @@ func detectCgroups(env detectEnv, p *Profile) error {
 	if p.CgroupVersion == "" {
 		p.Warnings = append(p.Warnings, "no cgroup filesystem is mounted: memory, pids and CPU limits cannot be set"+
 			WarningRemedySep+"mount cgroup2 at /sys/fs/cgroup ('mount -t cgroup2 none /sys/fs/cgroup')")
+		return nil
+	}
+	p.CgroupReadOnly = cgroupReadOnly(ms, p.CgroupVersion, p.CgroupV2Path)
+	if p.CgroupReadOnly {
+		p.Warnings = append(p.Warnings, CgroupReadOnlyWarning+WarningRemedySep+CgroupReadOnlyRemedy)
 	}
 	return nil
+}
+
+// CgroupReadOnlyWarning is detect's warning for Profile.CgroupReadOnly.
+const CgroupReadOnlyWarning = "the cgroup filesystem is mounted read-only (inside a container that is not privileged): " +
+	"no memory, pids or CPU limit can be set, so 'pyisolate run' as root refuses to start extensions"
+
+// CgroupReadOnlyRemedy is what to do about Profile.CgroupReadOnly.
+const CgroupReadOnlyRemedy = "run the runtime's container privileged ('docker run --privileged'; in Kubernetes " +
+	"securityContext.privileged: true), or run pyisolate on the host (the containerd shim)"
+
+// cgroupReadOnly reports whether a hierarchy the runtime creates cgroups in
+// is mounted read-only: the cgroup2 mount for v2, any v1 hierarchy for v1
+// and hybrid (libcontainer makes a cgroup in each). The last mount of a
+// point wins.
+func cgroupReadOnly(ms []mountEntry, version, v2path string) bool {
+	ro := map[string]bool{}
+	for _, m := range ms {
+		switch {
+		case version == CgroupV2 && m.fstype == "cgroup2" && m.point == v2path,
+			version != CgroupV2 && m.fstype == "cgroup":
+			ro[m.point] = m.readOnly
+		}
+	}
+	for _, r := range ro {
+		if r {
+			return true
+		}
+	}
+	return false
 }
 
 // detectSeccomp fills the seccomp fields of p: the kernel supports filters
@@ -706,6 +752,20 @@ func detectSeccomp(env detectEnv, f hostFacts, p *Profile) {
 	if !p.SeccompBuiltIn {
 		p.Warnings = append(p.Warnings, "this binary was built without seccomp support: sandboxes run without a syscall filter"+
 			WarningRemedySep+"build with cgo, libseccomp-dev and '-tags seccomp' ('make build')")
+	}
+}
+
+// detectOpenat2 warns when the kernel lacks openat2(2) (Linux 5.6+; Ubuntu
+// 20.04's 5.4, RHEL 8's 4.18): the runtime opens every path a manifest names
+// with it, so manifest bundles cannot run there.
+func detectOpenat2(env detectEnv, p *Profile) {
+	if env.openat2 == nil {
+		return
+	}
+	if err := env.openat2(); errors.Is(err, syscall.ENOSYS) {
+		p.Warnings = append(p.Warnings, "the kernel has no openat2 (Linux 5.6 or newer has it): 'pyisolate run' "+
+			"cannot pin a manifest's paths, so manifest bundles fail to start"+WarningRemedySep+
+			"boot a 5.6+ kernel (Ubuntu 20.04: the HWE kernel, 'apt install linux-generic-hwe-20.04')")
 	}
 }
 

@@ -17,6 +17,13 @@ func hostEnv() detectEnv {
 		writable:       func(path string) bool { return unix.Access(path, unix.W_OK) == nil },
 		seccompPrctl:   func() error { return unix.Prctl(unix.PR_GET_SECCOMP, 0, 0, 0, 0) },
 		seccompBuiltIn: seccomp.Enabled,
+		openat2: func() error {
+			fd, err := unix.Openat2(unix.AT_FDCWD, "/", &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC | unix.O_DIRECTORY})
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		},
 	}
 }
 

@@ -40,6 +40,21 @@ const mountinfoV2 = `22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
 30 22 0:27 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 `
 
+// mountinfoDockerV1 is what a container Docker starts without --privileged
+// sees on a cgroup v1 host: its own cgroups, mounted read-only.
+const mountinfoDockerV1 = `580 500 0:50 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w
+600 580 0:51 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - tmpfs tmpfs rw,mode=755
+601 600 0:28 /docker/0123abcd /sys/fs/cgroup/cpu,cpuacct ro,nosuid,nodev,noexec,relatime master:9 - cgroup cgroup rw,cpu,cpuacct
+602 600 0:31 /docker/0123abcd /sys/fs/cgroup/memory ro,nosuid,nodev,noexec,relatime master:12 - cgroup cgroup rw,memory
+603 600 0:36 /docker/0123abcd /sys/fs/cgroup/systemd ro,nosuid,nodev,noexec,relatime master:4 - cgroup cgroup rw,name=systemd
+`
+
+// mountinfoDockerV2 is the same on a cgroup v2 host (a private cgroup
+// namespace, the unified hierarchy read-only).
+const mountinfoDockerV2 = `580 500 0:50 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w
+610 580 0:30 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup rw,nsdelegate
+`
+
 // statusFile is a fake /proc/self/status.
 func statusFile(capEff string, euid int) string {
 	return fmt.Sprintf("Name:\ttest\nUid:\t%d\t%d\t%d\t%d\nCapInh:\t0000000000000000\nCapEff:\t%s\nSeccomp:\t0\nSeccomp_filters:\t0\n",
@@ -120,6 +135,7 @@ func TestDetectClassification(t *testing.T) {
 		unprivileged bool
 		reason       []string // substrings of RestrictionReason
 		warning      string   // substring of some warning
+		wsl          int      // Profile.WSL
 	}{
 		{
 			name: "none",
@@ -202,6 +218,20 @@ func TestDetectClassification(t *testing.T) {
 			reason: []string{"EPERM", "lacks CAP_SYS_ADMIN"},
 		},
 		{
+			// Docker's default: its capability set, its seccomp filter
+			// (which refuses namespace flags without CAP_SYS_ADMIN),
+			// read-only cgroups.
+			name: "no-caps in Docker's default container",
+			files: map[string]string{
+				"proc/self/status":    strings.Replace(statusFile(capsNoSysA, 0), "Seccomp:\t0", "Seccomp:\t2", 1),
+				"proc/self/mountinfo": mountinfoDockerV1,
+			},
+			probes:  map[probeKind]error{probeUserNS: refused(syscall.EPERM)},
+			want:    spec.RestrictionNoCaps,
+			reason:  []string{"clone(CLONE_NEWUSER) failed: EPERM", "lacks CAP_SYS_ADMIN"},
+			warning: "cgroup filesystem is mounted read-only",
+		},
+		{
 			name: "no-caps with apparmor too",
 			files: map[string]string{
 				"proc/self/status": statusFile(capsNoSysA, 1000),
@@ -234,6 +264,25 @@ func TestDetectClassification(t *testing.T) {
 			files:  map[string]string{"proc/version": "Linux version 4.4.0-19041-Microsoft (Microsoft@Microsoft.com) (gcc version 5.4.0 (GCC) )\n"},
 			want:   spec.RestrictionUnsupported,
 			reason: []string{"WSL 1"},
+			wsl:    1,
+		},
+		{
+			// WSL 2 is a real Linux kernel: the probes decide, as anywhere.
+			name: "WSL 2 is Linux",
+			files: map[string]string{
+				"proc/version":        "Linux version 5.15.153.1-microsoft-standard-WSL2 (root@941d701f84f1) (gcc (GCC) 11.2.0)\n",
+				"proc/self/mountinfo": mountinfoV2,
+			},
+			want: spec.RestrictionNone, unprivileged: true,
+			reason: []string{"user namespaces work"},
+			wsl:    2,
+		},
+		{
+			name:   "unsupported on Windows",
+			goos:   "windows",
+			files:  map[string]string{"proc/self/status": "", "proc/self/mountinfo": ""},
+			want:   spec.RestrictionUnsupported,
+			reason: []string{"windows", "not Linux"},
 		},
 	}
 	for _, tc := range tests {
@@ -264,6 +313,9 @@ func TestDetectClassification(t *testing.T) {
 				if !strings.Contains(p.RestrictionReason, s) {
 					t.Errorf("reason %q does not contain %q", p.RestrictionReason, s)
 				}
+			}
+			if p.WSL != tc.wsl {
+				t.Errorf("WSL = %d, want %d", p.WSL, tc.wsl)
 			}
 			if tc.warning != "" && !strings.Contains(strings.Join(p.Warnings, "\n"), tc.warning) {
 				t.Errorf("warnings %q do not contain %q", p.Warnings, tc.warning)
@@ -432,6 +484,65 @@ func TestCgroupLayout(t *testing.T) {
 	}
 }
 
+// TestDetectCgroupReadOnly: cgroups mounted read-only (a container that is
+// not privileged) are reported with a warning and its remedy; a read-only
+// tmpfs holding writable v1 hierarchies is not.
+func TestDetectCgroupReadOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name, mountinfo string
+		readOnly        bool
+	}{
+		{"hybrid host", mountinfoHybrid, false},
+		{"v1 host, read-only tmpfs above writable hierarchies", mountinfoV1, false},
+		{"v2 host", mountinfoV2, false},
+		{"Docker on v1", mountinfoDockerV1, true},
+		{"Docker on v2", mountinfoDockerV2, true},
+		{"one v1 hierarchy read-only", mountinfoHybrid + "42 30 0:39 / /sys/fs/cgroup/pids ro,nosuid - cgroup cgroup rw,pids\n", true},
+		{"v2 remounted read-write", mountinfoDockerV2 + "611 580 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup rw\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			files := baseFiles()
+			files["proc/self/mountinfo"] = tc.mountinfo
+			p, err := detectAt(context.Background(), fakeEnv(fakeRoot(t, files), nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			warned := strings.Contains(strings.Join(p.Warnings, "\n"), CgroupReadOnlyWarning+WarningRemedySep+CgroupReadOnlyRemedy)
+			if p.CgroupReadOnly != tc.readOnly || warned != tc.readOnly {
+				t.Errorf("CgroupReadOnly = %v, warned %v; want %v (warnings %q)", p.CgroupReadOnly, warned, tc.readOnly, p.Warnings)
+			}
+		})
+	}
+}
+
+// TestDetectOpenat2: a kernel without openat2 (before 5.6: Ubuntu 20.04's
+// 5.4, RHEL 8's 4.18) is warned about with its remedy; other errors of the
+// call (a path problem, not the kernel) are not.
+func TestDetectOpenat2(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		warn bool
+	}{
+		{"present", nil, false},
+		{"missing", syscall.ENOSYS, true},
+		{"other error", syscall.EACCES, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := fakeEnv(fakeRoot(t, baseFiles()), nil)
+			env.openat2 = func() error { return tc.err }
+			p, err := detectAt(context.Background(), env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(p.Warnings, "\n")
+			if strings.Contains(got, "no openat2") != tc.warn || (tc.warn && !strings.Contains(got, "linux-generic-hwe-20.04")) {
+				t.Errorf("warnings %q, want the openat2 warning: %v", got, tc.warn)
+			}
+		})
+	}
+}
+
 func TestDetectNoCgroupsWarns(t *testing.T) {
 	files := baseFiles()
 	files["proc/self/mountinfo"] = "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
@@ -449,7 +560,7 @@ func TestParseMountinfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ms) != 1 || ms[0].point != "/mnt/with space" || ms[0].fstype != "ext3" {
+	if len(ms) != 1 || ms[0].point != "/mnt/with space" || ms[0].fstype != "ext3" || ms[0].readOnly {
 		t.Errorf("parseMountinfo = %+v", ms)
 	}
 	for _, bad := range []string{"36 35 98:0 /mnt1 /mnt rw\n", "36 35 /mnt - ext3 x y\n"} {

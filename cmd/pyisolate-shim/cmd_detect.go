@@ -173,6 +173,11 @@ func pathsText(have []string) string {
 
 // degradedText lists what the spec builder drops for this host.
 func degradedText(p *runtime.Profile) string {
+	if err := unsandboxable(p, os.Geteuid()); err != nil {
+		// The spec builder still has a degraded spec for no-caps (`pyisolate
+		// spec --restriction no-caps` prints it), but run does not start it.
+		return "no sandbox possible: 'pyisolate run' refuses to start extensions here (see the remedy)"
+	}
 	drop := spec.Degradations(p.Restriction)
 	if !p.SpecHost().Seccomp {
 		drop = append(drop, spec.DropSeccomp)

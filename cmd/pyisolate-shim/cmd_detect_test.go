@@ -200,3 +200,50 @@ func TestDetectGPU(t *testing.T) {
 		})
 	}
 }
+
+// TestUnsandboxable: run refuses, with the reason and the remedy, the hosts
+// where no sandbox can be made (no-caps; read-only cgroups for a root
+// runtime), and detect says so on its "degraded:" line; every other model
+// runs, degraded or not.
+func TestUnsandboxable(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		model    spec.Restriction
+		cgroupRO bool
+		euid     int
+		refused  []string // substrings of the error; nil: not refused
+	}{
+		{name: "none", model: spec.RestrictionNone},
+		{name: "apparmor degrades", model: spec.RestrictionAppArmor},
+		{name: "sysctl degrades", model: spec.RestrictionSysctl},
+		{name: "selinux degrades", model: spec.RestrictionSELinux},
+		{name: "no-caps", model: spec.RestrictionNoCaps,
+			refused: []string{"restriction model no-caps (probe says no)", "does not run extensions unsandboxed", "remedy: give the runtime's container CAP_SYS_ADMIN"}},
+		{name: "no-caps with read-only cgroups", model: spec.RestrictionNoCaps, cgroupRO: true,
+			refused: []string{"restriction model no-caps"}},
+		{name: "read-only cgroups as root", model: spec.RestrictionNone, cgroupRO: true,
+			refused: []string{"cgroup filesystem is mounted read-only", "remedy: run the runtime's container privileged"}},
+		{name: "read-only cgroups rootless", model: spec.RestrictionNone, cgroupRO: true, euid: 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := detectProfile()
+			p.Restriction, p.RestrictionReason, p.Remedy = tc.model, "probe says no", runtime.RemedyFor(tc.model)
+			p.CgroupReadOnly = tc.cgroupRO
+			err := unsandboxable(p, tc.euid)
+			if (err != nil) != (tc.refused != nil) {
+				t.Fatalf("unsandboxable = %v, want refused: %v", err, tc.refused != nil)
+			}
+			for _, want := range tc.refused {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q lacks %q", err, want)
+				}
+			}
+			if tc.euid == os.Geteuid() { // degradedText judges the running process
+				line := degradedText(p)
+				if strings.Contains(line, "refuses") != (tc.refused != nil) {
+					t.Errorf("degraded line %q for refused=%v", line, tc.refused != nil)
+				}
+			}
+		})
+	}
+}

@@ -286,22 +286,56 @@ func runBundle(ctx context.Context, req runRequest) int {
 }
 
 // checkBundle refuses, for run, what LoadBundle cannot judge alone, before
-// anything is made: limits of manifest m too large for this host (the
-// group's tmpfs is made of limits.shm_size), a plain bundle asking for a
-// terminal when stdin is none. It returns -1 to go on, or the exit status
-// after one line.
+// anything is made: a plain bundle asking for a terminal when stdin is none,
+// a host where no sandbox can be made (unsandboxable), limits of manifest m
+// too large for this host (the group's tmpfs is made of limits.shm_size).
+// It returns -1 to go on, or the exit status after one line.
 func checkBundle(ctx context.Context, root, bundle string, m *spec.Manifest, plain *specs.Spec) int {
 	if m == nil {
-		return checkTerminal(bundle, plain)
+		if code := checkTerminal(bundle, plain); code >= 0 {
+			return code
+		}
 	}
+	// Detection caches the profile under root: the bundle's own errors
+	// come first.
 	prof, err := runtime.DetectCached(ctx, root)
 	if err != nil {
 		return fail(exitRuntime, "run: detect host: %v", err)
+	}
+	if err := unsandboxable(prof, os.Geteuid()); err != nil {
+		return fail(exitRuntime, "run: %v", err)
+	}
+	if m == nil {
+		return -1
 	}
 	if err := spec.CheckHostLimits(m.Limits, prof.SpecHost()); err != nil {
 		return fail(exitUsage, "run: %v", err)
 	}
 	return -1
+}
+
+// unsandboxable returns why no sandbox can be made on host p for a runtime
+// running as euid, or nil. run refuses such a host before it makes anything,
+// with the reason and the remedy, rather than fail later on a mount or a
+// cgroup, and it never runs an extension unsandboxed:
+//   - restriction model no-caps (a container without CAP_SYS_ADMIN, such as
+//     Docker's default): neither the runtime nor a user namespace of its can
+//     mount, so there is no namespace, no private filesystem, no cgroup;
+//   - read-only cgroups with the runtime as root (a container with
+//     CAP_SYS_ADMIN that is not privileged): the sandbox could be made, but
+//     none of its memory, pids and CPU limits. A rootless runtime
+//     (euid != 0) is not refused: libcontainer skips the cgroups it cannot
+//     write to, and detect warns about the missing limits.
+func unsandboxable(p *runtime.Profile, euid int) error {
+	switch {
+	case p.Restriction == spec.RestrictionNoCaps:
+		return fmt.Errorf("no sandbox can be made here: restriction model %s (%s): without CAP_SYS_ADMIN "+
+			"and without user namespaces the runtime can create no mount, namespace or cgroup, and it does "+
+			"not run extensions unsandboxed; remedy: %s", p.Restriction, p.RestrictionReason, p.Remedy)
+	case p.CgroupReadOnly && euid == 0:
+		return fmt.Errorf("no sandbox can be made here: %s; remedy: %s", runtime.CgroupReadOnlyWarning, runtime.CgroupReadOnlyRemedy)
+	}
+	return nil
 }
 
 // leaveGroup records that member id exited; the last member ends the group.
