@@ -13,6 +13,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/pyisolate/pyisolate-oci/gpu/gputest"
+	"github.com/pyisolate/pyisolate-oci/hooks"
 )
 
 // cdiFakeRoot makes a fake driver root for 8 GPUs; it skips without root.
@@ -155,5 +156,58 @@ func TestCDIGenerateErrors(t *testing.T) {
 	}
 	if code := cdiMain([]string{"frobnicate"}); code != exitUsage {
 		t.Errorf("cdi frobnicate: exit %d, want %d", code, exitUsage)
+	}
+}
+
+// TestDetectGenerated checks that detect compares the CDI specs with what
+// `cdi generate` writes (the same code, on the DGX A100 mock): a spec written
+// by `cdi generate` is current; one written with index names only lacks the
+// UUID names; no NVML is reported with the generator's error.
+func TestDetectGenerated(t *testing.T) {
+	root := cdiFakeRoot(t)
+	oldRoot := detectDriverRoot
+	detectDriverRoot = root
+	t.Cleanup(func() { detectDriverRoot = oldRoot })
+	procDriver, cdiDir := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(procDriver, "version"), []byte("NVRM version: NVIDIA UNIX x86_64 Kernel Module  "+gputest.MockDriverVersion+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	readiness := func(ctx context.Context) hooks.CUDAReport {
+		return hooks.Readiness(ctx, hooks.ReadinessOptions{SpecDirs: []string{cdiDir}, ProcDriver: procDriver,
+			DevDir: filepath.Join(root, "dev"), Generate: generatedDevices})
+	}
+	tests := []struct {
+		name    string
+		nvml    bool
+		args    []string // of cdi generate, "" for no spec
+		problem string   // "" for none
+	}{
+		{name: "current spec", nvml: true, args: []string{}},
+		{name: "spec with index names only", nvml: true, args: []string{"--device-name-strategy", "index"}, problem: "CDI specs lack devices this machine has: nvidia.com/gpu=GPU-"},
+		{name: "no NVML", args: nil, problem: "`pyisolate cdi generate` fails: no NVIDIA driver: NVML (libnvidia-ml.so.1) not found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			os.Remove(filepath.Join(cdiDir, "nvidia.yaml"))
+			withNVML(t, gputest.MockDGXA100())
+			if tt.args != nil {
+				var stdout, stderr bytes.Buffer
+				args := append([]string{"--driver-root", root, "--output", filepath.Join(cdiDir, "nvidia.yaml")}, tt.args...)
+				if code := cdiGenerate(context.Background(), args, &stdout, &stderr); code != 0 {
+					t.Fatalf("cdi generate: exit %d: %s", code, stderr.String())
+				}
+			}
+			if !tt.nvml {
+				withNVML(t, nil)
+			}
+			r := readiness(context.Background())
+			probs := strings.Join(r.Problems, "\n")
+			if tt.problem == "" && len(r.Problems) > 0 || !strings.Contains(probs, tt.problem) {
+				t.Errorf("problems %q, want %q", probs, tt.problem)
+			}
+			if tt.nvml && (len(r.Generated) != 17 || !strings.Contains(r.String(), "pyisolate cdi generate would write: nvidia.com/gpu=0, ")) {
+				t.Errorf("generated %v; report:\n%s", r.Generated, r)
+			}
+		})
 	}
 }
