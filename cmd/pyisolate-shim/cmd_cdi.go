@@ -106,8 +106,8 @@ func cdiGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if *output != "" {
 		ext := strings.ToLower(*output)
 		if (f == gpu.FormatJSON && !strings.HasSuffix(ext, ".json")) ||
-			(f == gpu.FormatYAML && !strings.HasSuffix(ext, ".yaml") && !strings.HasSuffix(ext, ".yml")) {
-			return usageError(fs, "--output %q: the extension must match --format %s (.yaml or .json): CDI reads files by extension", *output, f)
+			(f == gpu.FormatYAML && !strings.HasSuffix(ext, ".yaml")) {
+			return usageError(fs, "--output %q: the extension must match --format %s (.yaml or .json; not .yml, which the CDI writer does not know)", *output, f)
 		}
 	}
 	opts := gpu.Options{

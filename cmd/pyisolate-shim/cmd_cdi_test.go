@@ -124,6 +124,7 @@ func TestCDIGenerateErrors(t *testing.T) {
 			}},
 		{name: "bad format", mock: true, args: func(r string) []string { return []string{"--driver-root", r, "--format", "toml"} }, code: exitUsage},
 		{name: "extension not the format", mock: true, args: func(r string) []string { return []string{"--driver-root", r, "--output", "/tmp/x.txt"} }, code: exitUsage},
+		{name: "yml is not yaml", mock: true, args: func(r string) []string { return []string{"--driver-root", r, "--output", "/tmp/x.yml"} }, code: exitUsage},
 		{name: "json format, yaml file", mock: true, args: func(r string) []string {
 			return []string{"--driver-root", r, "--format", "json", "--output", "/tmp/x.yaml"}
 		}, code: exitUsage},
