@@ -126,7 +126,8 @@ func TestInstallerDaemonSet(t *testing.T) {
 		t.Errorf("image %q, want the documented placeholder pyisolate-oci:latest", c.Image)
 	}
 	cmd := strings.Join(append(append([]string{}, c.Command...), c.Args...), " ")
-	for _, want := range []string{"pyisolate install", "--containerd-config /host/etc/containerd/config.toml", "--bin-dir /host/usr/local/bin", "sleep"} {
+	for _, want := range []string{"pyisolate install", "--containerd-config /host/etc/containerd/config.toml", "--bin-dir /host/usr/local/bin",
+		"--driver-root /host", "--cdi-spec /var/run/cdi/pyisolate-nvidia.yaml", "--cdi-spec-dir /host/etc/cdi --cdi-spec-dir /var/run/cdi", "sleep"} {
 		if !strings.Contains(cmd, want) {
 			t.Errorf("command %q lacks %q", cmd, want)
 		}
@@ -143,7 +144,15 @@ func TestInstallerDaemonSet(t *testing.T) {
 		}
 		hostPaths[v.Name] = v.HostPath.Path
 	}
-	for host, inPod := range map[string]string{"/usr/local/bin": "/host/usr/local/bin", "/etc/containerd": "/host/etc/containerd"} {
+	readOnly := map[string]bool{}
+	for _, m := range c.VolumeMounts {
+		readOnly[m.MountPath] = m.ReadOnly
+	}
+	if !readOnly["/host"] {
+		t.Error("the host's root must be mounted read-only at /host (the GPU CDI spec reads driver files from it)")
+	}
+	for host, inPod := range map[string]string{"/usr/local/bin": "/host/usr/local/bin", "/etc/containerd": "/host/etc/containerd",
+		"/": "/host", "/var/run/cdi": "/var/run/cdi"} {
 		found := false
 		for name, p := range hostPaths {
 			if p == host && mounts[name] == inPod {

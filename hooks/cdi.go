@@ -61,7 +61,7 @@ func (e *UnknownDeviceError) Error() string {
 	}
 	return fmt.Sprintf("unknown CDI device %s: no CDI spec in %s defines it (devices defined there: %s); "+
 		"for NVIDIA GPUs generate a spec with `%s`",
-		strings.Join(e.Devices, ", "), strings.Join(e.SpecDirs, ", "), known, NvidiaCTKGenerate)
+		strings.Join(e.Devices, ", "), strings.Join(e.SpecDirs, ", "), known, GenerateCommand)
 }
 
 // SpecFileError is returned by InjectCDI when a CDI spec file in the

@@ -11,7 +11,8 @@
 //     get the namespaces, devices and environment that CUDA IPC between
 //     containers needs (CUDAIPCSettings, CheckCUDAIPCGroup).
 //   - Readiness: what `pyisolate detect` reports about the machine's GPUs,
-//     driver, CDI specs and nvidia-ctk, with remedies (Readiness).
+//     driver, CDI specs (and whether they hold the devices `pyisolate cdi
+//     generate` would write now), with remedies (Readiness).
 //   - Bundles: the same edits applied to a bundle's config.json before
 //     `runc create` (InjectCDIBundle, BindGroupShm) and checks run as OCI
 //     hooks that the edits were made (VerifyCDIInjected, VerifyGroupShm).

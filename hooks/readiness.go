@@ -14,15 +14,16 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 )
 
-// NvidiaCTKGenerate is the command that writes a CDI spec for the machine's
-// NVIDIA GPUs with nvidia-container-toolkit (devices nvidia.com/gpu=0, =UUID
-// and =all, the driver's libraries and binaries as mounts).
-const NvidiaCTKGenerate = "nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
+// GenerateCommand is the command that writes a CDI spec for the machine's
+// NVIDIA GPUs (devices nvidia.com/gpu=0, =UUID and =all, the driver's
+// libraries and binaries as mounts) with nvidia-container-toolkit's library,
+// in pyisolate's own process (package gpu). `pyisolate install` writes the
+// same spec to /var/run/cdi and refreshes it.
+const GenerateCommand = "pyisolate cdi generate --output=/etc/cdi/nvidia.yaml"
 
-// NvidiaCTKInstall is the remedy when nvidia-ctk is missing.
-const NvidiaCTKInstall = "install nvidia-container-toolkit (package nvidia-container-toolkit from NVIDIA's repository, " +
-	"https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), then run `" +
-	NvidiaCTKGenerate + "`"
+// NvidiaCTKGenerate is NVIDIA's command for the same spec, for machines
+// that have nvidia-container-toolkit installed.
+const NvidiaCTKGenerate = "nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
 
 // NvidiaGPUKind is the CDI kind of NVIDIA GPUs.
 const NvidiaGPUKind = "nvidia.com/gpu"
@@ -39,6 +40,10 @@ type ReadinessOptions struct {
 	DevDir string
 	// LookPath finds nvidia-ctk (default exec.LookPath).
 	LookPath func(string) (string, error)
+	// Generate, when set, returns the devices `pyisolate cdi generate`
+	// would write now (package gpu); Readiness compares them with the
+	// specs' and reports its error. It is called only with a driver.
+	Generate func(context.Context) ([]string, error)
 }
 
 // CUDAReport is the CUDA IPC readiness of the machine, for `pyisolate
@@ -61,6 +66,10 @@ type CUDAReport struct {
 	CDIErrors []string `json:"cdi_errors,omitempty"`
 	// NvidiaCTK is the path of nvidia-ctk, empty when not on PATH.
 	NvidiaCTK string `json:"nvidia_ctk,omitempty"`
+	// Generated are the devices `pyisolate cdi generate` would write now.
+	Generated []string `json:"generated_devices,omitempty"`
+	// GenerateError is why `pyisolate cdi generate` would fail.
+	GenerateError string `json:"generate_error,omitempty"`
 	// Ready is true when GPUs can be given to containers through CDI: the
 	// driver, its device nodes and nvidia.com/gpu CDI devices are there and
 	// no spec file is broken.
@@ -123,9 +132,13 @@ func Readiness(ctx context.Context, opts ReadinessOptions) CUDAReport {
 		}
 	}
 
-	generate := "run `" + NvidiaCTKGenerate + "`"
-	if r.NvidiaCTK == "" {
-		generate = NvidiaCTKInstall
+	generate := "run `" + GenerateCommand + "` (or `pyisolate install`, which keeps /var/run/cdi/pyisolate-nvidia.yaml current)"
+	if r.Driver && len(r.DeviceNodes) > 0 && opts.Generate != nil && ctx.Err() == nil {
+		devs, err := opts.Generate(ctx)
+		if err != nil {
+			r.GenerateError = err.Error()
+		}
+		r.Generated = devs
 	}
 	switch {
 	case !r.Driver:
@@ -146,6 +159,16 @@ func Readiness(ctx context.Context, opts ReadinessOptions) CUDAReport {
 	} else if !r.Driver {
 		problem("CDI specs define "+NvidiaGPUKind+" devices but the driver is not loaded (a stale spec?)",
 			"load the NVIDIA driver, or remove the stale spec and "+generate+" once it is")
+	}
+	if r.GenerateError != "" {
+		problem("`pyisolate cdi generate` fails: "+r.GenerateError, "fix what the error names, then "+generate)
+	} else if len(r.CDIDevices) > 0 && len(r.Generated) > 0 {
+		if missing := without(r.Generated, r.CDIDevices); len(missing) > 0 {
+			problem("CDI specs lack devices this machine has: "+strings.Join(missing, ", ")+" (the driver or the GPUs changed since the spec was written)", generate)
+		}
+		if gone := without(r.CDIDevices, r.Generated); len(gone) > 0 {
+			problem("CDI specs define devices this machine does not have: "+strings.Join(gone, ", ")+" (a stale spec?)", generate)
+		}
 	}
 	r.Ready = r.Driver && len(r.DeviceNodes) > 0 && len(r.CDIDevices) > 0 && len(r.CDIErrors) == 0
 	return r
@@ -175,10 +198,24 @@ func (r CUDAReport) String() string {
 		ctk = "not on PATH"
 	}
 	fmt.Fprintf(&b, "  nvidia-ctk: %s\n", ctk)
+	if len(r.Generated) > 0 {
+		fmt.Fprintf(&b, "  pyisolate cdi generate would write: %s\n", strings.Join(r.Generated, ", "))
+	}
 	for i, p := range r.Problems {
 		fmt.Fprintf(&b, "  problem: %s\n    remedy: %s\n", p, r.Remedies[i])
 	}
 	return b.String()
+}
+
+// without returns the elements of xs that are not in ys.
+func without(xs, ys []string) []string {
+	var out []string
+	for _, x := range xs {
+		if !slices.Contains(ys, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 func orNone(xs []string) string {

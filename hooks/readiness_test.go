@@ -18,15 +18,30 @@ func TestReadiness(t *testing.T) {
 		nodes        bool
 		spec         string // content of nvidia.yaml, "" for none
 		look         func(string) (string, error)
+		generate     func(context.Context) ([]string, error)
 		wantReady    bool
 		wantProblems []string
 		wantRemedies []string
 	}{
 		{name: "no driver, nothing", look: noCTK, wantProblems: []string{"no NVIDIA driver"}, wantRemedies: []string{"install the NVIDIA driver"}},
 		{name: "driver, no CDI spec, nvidia-ctk present", driver: true, nodes: true, look: withCTK,
-			wantProblems: []string{"defines nvidia.com/gpu devices"}, wantRemedies: []string{"run `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`"}},
+			wantProblems: []string{"defines nvidia.com/gpu devices"}, wantRemedies: []string{"run `pyisolate cdi generate --output=/etc/cdi/nvidia.yaml`"}},
 		{name: "driver, no CDI spec, no nvidia-ctk", driver: true, nodes: true, look: noCTK,
-			wantProblems: []string{"defines nvidia.com/gpu devices"}, wantRemedies: []string{"install nvidia-container-toolkit", NvidiaCTKGenerate}},
+			wantProblems: []string{"defines nvidia.com/gpu devices"}, wantRemedies: []string{GenerateCommand, "pyisolate install"}},
+		{name: "spec and generator agree", driver: true, nodes: true, spec: gpuSpec, look: noCTK, wantReady: true,
+			generate: func(context.Context) ([]string, error) { return []string{"nvidia.com/gpu=0"}, nil }},
+		{name: "spec lacks a GPU the generator sees", driver: true, nodes: true, spec: gpuSpec, look: noCTK, wantReady: true,
+			generate: func(context.Context) ([]string, error) {
+				return []string{"nvidia.com/gpu=0", "nvidia.com/gpu=1"}, nil
+			},
+			wantProblems: []string{"CDI specs lack devices this machine has: nvidia.com/gpu=1 (the driver or the GPUs changed"},
+			wantRemedies: []string{GenerateCommand}},
+		{name: "spec has a GPU the generator does not see", driver: true, nodes: true, spec: gpuSpec, look: noCTK, wantReady: true,
+			generate:     func(context.Context) ([]string, error) { return []string{"nvidia.com/gpu=all"}, nil },
+			wantProblems: []string{"does not have: nvidia.com/gpu=0 (a stale spec?)"}},
+		{name: "generator fails", driver: true, nodes: true, spec: gpuSpec, look: noCTK, wantReady: true,
+			generate:     func(context.Context) ([]string, error) { return nil, errors.New("NVIDIA driver does not answer") },
+			wantProblems: []string{"`pyisolate cdi generate` fails: NVIDIA driver does not answer"}, wantRemedies: []string{"fix what the error names"}},
 		{name: "driver without nodes", driver: true, spec: gpuSpec, look: withCTK,
 			wantProblems: []string{"no "}, wantRemedies: []string{"nvidia-modprobe"}},
 		{name: "broken spec", driver: true, nodes: true, spec: "kind: [", look: withCTK,
@@ -39,7 +54,7 @@ func TestReadiness(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tmp := t.TempDir()
 			opts := ReadinessOptions{SpecDirs: []string{filepath.Join(tmp, "cdi")}, ProcDriver: filepath.Join(tmp, "proc"),
-				DevDir: filepath.Join(tmp, "dev"), LookPath: tt.look}
+				DevDir: filepath.Join(tmp, "dev"), LookPath: tt.look, Generate: tt.generate}
 			writeFile(t, opts.DevDir, "null", "")
 			if tt.driver {
 				writeFile(t, opts.ProcDriver, "version", "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15\n")
@@ -70,7 +85,7 @@ func TestReadiness(t *testing.T) {
 					t.Errorf("remedies %q lack %q", rems, w)
 				}
 			}
-			if tt.wantReady && len(r.Problems) > 0 {
+			if tt.wantReady && len(r.Problems) > 0 && len(tt.wantProblems) == 0 {
 				t.Errorf("ready with problems: %v", r.Problems)
 			}
 			if tt.driver && (r.DriverVersion == "" || len(r.GPUs) != 1 || r.GPUs[0].UUID != "GPU-1" || r.GPUs[0].Minor != 0) {

@@ -22,10 +22,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/pyisolate/pyisolate-oci/gpu"
+	"github.com/pyisolate/pyisolate-oci/gpu/gputest"
 	"github.com/pyisolate/pyisolate-oci/hooks"
 	pspec "github.com/pyisolate/pyisolate-oci/spec"
 )
@@ -343,6 +346,57 @@ devices:
 	for _, ns := range ext.Linux.Namespaces {
 		if (ns.Type == specs.IPCNamespace && ns.Path != "/proc/777/ns/ipc") || (ns.Type == specs.PIDNamespace && ns.Path != "/proc/777/ns/pid") {
 			t.Errorf("extension namespace %s = %q", ns.Type, ns.Path)
+		}
+	}
+}
+
+// TestCDIGeneratedSpecRunc writes the CDI spec of go-nvml's DGX A100 mock
+// with package gpu (what `pyisolate cdi generate` writes; device nodes are
+// copies of /dev/null made with mknod in a fake driver root), prepares a
+// busybox bundle asking for GPU 1 by index and GPU 5 by UUID with `pyisolate
+// hook cdi --bundle`, and runs it with runc: the container sees those two
+// GPUs' nodes and the control nodes, not GPU 0's, and the driver library
+// the spec mounts.
+func TestCDIGeneratedSpecRunc(t *testing.T) {
+	runc := cdiNeedRunc(t)
+	bin := cdiPyisolate(t)
+	root := t.TempDir()
+	if _, err := gputest.FakeDriverRoot(root, 8); err != nil {
+		t.Skipf("fake driver root: %v", err)
+	}
+	mock := gputest.MockDGXA100()
+	uuid5, r := mock.Devices[5].GetUUID()
+	if r != nvml.SUCCESS {
+		t.Fatal(r)
+	}
+	s, err := gpu.Generate(context.Background(), gpu.Options{DriverRoot: root, NVML: mock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	specDir := filepath.Join(t.TempDir(), "cdi")
+	if err := s.Save(filepath.Join(specDir, "nvidia.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	lib := "/" + gputest.MockLibraries[0]
+	script := `set -e
+for n in /dev/nvidia1 /dev/nvidia5 /dev/nvidiactl /dev/nvidia-uvm; do test -c $n; echo "node=$n $(stat -c %t:%T $n)"; done
+test ! -e /dev/nvidia0 && echo "no=/dev/nvidia0"
+echo x > /dev/nvidia1
+echo "lib=$(cat ` + lib + `)"
+echo done`
+	bundle := cdiBusyboxBundle(t, []string{"sh", "-c", script},
+		map[string]string{"cdi.k8s.io/gpus": "nvidia.com/gpu=1,nvidia.com/gpu=" + uuid5})
+	if out, err := cdiRun(t, 30*time.Second, bin, "hook", "cdi", "--bundle", bundle, "--spec-dir", specDir); err != nil {
+		t.Fatalf("hook cdi: %v\n%s", err, out)
+	}
+	out, err := cdiRuncRun(t, runc, bundle, "cdi-gen-"+fmt.Sprint(os.Getpid()))
+	if err != nil {
+		t.Fatalf("runc run: %v\n%s", err, out)
+	}
+	for _, want := range []string{"node=/dev/nvidia1 1:3", "node=/dev/nvidia5 1:3", "node=/dev/nvidiactl 1:3", "node=/dev/nvidia-uvm 1:3",
+		"no=/dev/nvidia0", "lib=fake " + filepath.Base(lib), "done"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("container output lacks %q:\n%s", want, out)
 		}
 	}
 }

@@ -191,7 +191,8 @@ state = %q
 	// Our installer puts the binary and the runtime entry in place.
 	src := filepath.Join(dir, "src", "pyisolate")
 	criBuildPyisolate(t, src)
-	installArgs := []string{"install", "--containerd-config", e.config, "--bin-dir", e.bin, "--restart=false"}
+	// --cdi-spec none: a GPU machine's CDI spec is not this test's to write.
+	installArgs := []string{"install", "--containerd-config", e.config, "--bin-dir", e.bin, "--restart=false", "--cdi-spec", "none"}
 	out, err := exec.Command(src, installArgs...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("pyisolate install: %v\n%s", err, out)
@@ -215,7 +216,7 @@ state = %q
 	// A second handler whose node policy is faithful, as an operator who
 	// wants plain pods run as runc runs them installs it.
 	faithfulArgs := []string{"install", "--containerd-config", e.config, "--bin-dir", e.bin, "--restart=false",
-		"--runtime-name", "pyisolate-faithful", "--policy", "faithful", "--config-dir", filepath.Join(dir, "etc-pyisolate")}
+		"--runtime-name", "pyisolate-faithful", "--policy", "faithful", "--config-dir", filepath.Join(dir, "etc-pyisolate"), "--cdi-spec", "none"}
 	if out, err := exec.Command(src, faithfulArgs...).CombinedOutput(); err != nil {
 		t.Fatalf("pyisolate install --policy faithful: %v\n%s", err, out)
 	}

@@ -9,15 +9,31 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pyisolate/pyisolate-oci/gpu"
 	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
-// gpuReadiness reports the machine's GPU and CUDA IPC readiness for detect;
+// gpuReadiness reports the machine's GPU and CUDA IPC readiness for detect,
+// with the devices `pyisolate cdi generate` would write (the same code);
 // tests replace it.
 var gpuReadiness = func(ctx context.Context) hooks.CUDAReport {
-	return hooks.Readiness(ctx, hooks.ReadinessOptions{})
+	return hooks.Readiness(ctx, hooks.ReadinessOptions{Generate: generatedDevices})
+}
+
+// detectDriverRoot is the driver root detect generates for (tests set a
+// fake one).
+var detectDriverRoot = "/"
+
+// generatedDevices returns the devices `pyisolate cdi generate` would write
+// on this machine now.
+func generatedDevices(ctx context.Context) ([]string, error) {
+	s, err := gpu.Generate(ctx, gpu.Options{DriverRoot: detectDriverRoot, NVML: cdiNVML})
+	if err != nil {
+		return nil, err
+	}
+	return s.Devices, nil
 }
 
 // detectReport is detect's JSON: the host profile's fields, and the GPU

@@ -138,7 +138,7 @@ func TestDetectJSONReal(t *testing.T) {
 
 // TestDetectGPU gives detect a machine with a fake NVIDIA driver directory,
 // device node names and a CDI spec, then one without the spec: the human
-// and JSON outputs say ready, or not ready with the nvidia-ctk remedy.
+// and JSON outputs say ready, or not ready with the `cdi generate` remedy.
 func TestDetectGPU(t *testing.T) {
 	dir := t.TempDir()
 	procDriver, devDir, cdiDir := filepath.Join(dir, "proc"), filepath.Join(dir, "dev"), filepath.Join(dir, "cdi")
@@ -172,7 +172,7 @@ func TestDetectGPU(t *testing.T) {
 		ready     bool
 	}{
 		{"ready", false, []string{"CUDA IPC / GPUs: ready\n", "driver: NVRM version", "CDI devices (" + cdiDir + "): nvidia.com/gpu=0\n"}, true},
-		{"no CDI spec", true, []string{"CUDA IPC / GPUs: not ready\n", "no CDI spec in " + cdiDir, "remedy: install nvidia-container-toolkit"}, false},
+		{"no CDI spec", true, []string{"CUDA IPC / GPUs: not ready\n", "no CDI spec in " + cdiDir, "remedy: run `pyisolate cdi generate --output=/etc/cdi/nvidia.yaml`"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.removeCDI {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
+	"github.com/pyisolate/pyisolate-oci/gpu"
 	"github.com/pyisolate/pyisolate-oci/install"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
@@ -25,6 +27,10 @@ func installMain(verb string, args []string) int {
 	restartCmd := fs.String("restart-command", "", "command to restart containerd with instead of systemctl (split on spaces)")
 	dryRun := fs.Bool("dry-run", false, "print the resulting config and change nothing")
 	skipBin := fs.Bool("config-only", false, "leave the bin directory alone")
+	cdiSpec := fs.String("cdi-spec", gpu.DefaultSpecPath, "CDI spec of the node's NVIDIA GPUs: install writes it (when the driver is there) and refreshes it when it changed, uninstall removes it; none to leave it alone")
+	driverRoot := fs.String("driver-root", "/", "where the host's root (driver files, /dev) is seen, e.g. /host in the installer pod; the spec names host paths")
+	var cdiDirs cdiStrings
+	fs.Var(&cdiDirs, "cdi-spec-dir", "CDI spec directory where another file may already define nvidia.com/gpu (repeatable; default /etc/cdi and /var/run/cdi under --driver-root)")
 	var source *string
 	var version *int
 	var containerd, policy *string
@@ -75,7 +81,52 @@ func installMain(verb string, args []string) int {
 	if err != nil {
 		return fail(1, "%s: %v", verb, err)
 	}
+	if *cdiSpec != "none" {
+		gpuSpec(ctx, verb, *cdiSpec, *driverRoot, cdiDirs.vals, *dryRun)
+	}
 	return 0
+}
+
+// gpuSpec keeps the node's GPU CDI spec current (install) or removes it
+// (uninstall), and says what it did. A failure is reported, not fatal: the
+// runtime is installed, and an installer pod must not crash-loop on a GPU
+// node whose driver is not ready yet.
+func gpuSpec(ctx context.Context, verb, path, driverRoot string, dirs []string, dryRun bool) {
+	p := func(format string, a ...any) { fmt.Printf("pyisolate "+verb+": "+format+"\n", a...) }
+	if verb == "uninstall" {
+		removed, err := gpu.Remove(path, dryRun)
+		switch {
+		case err != nil:
+			p("GPU CDI spec %s: %v", path, err)
+		case removed:
+			p("GPU CDI spec %s: removed", path)
+		}
+		return
+	}
+	o := gpu.RefreshOptions{Path: path, SpecDirs: dirs, DryRun: dryRun,
+		Generate: gpu.Options{DriverRoot: driverRoot, NVML: cdiNVML}}
+	if filepath.Clean(driverRoot) != "/" {
+		o.Generate.TargetRoot = "/"
+	}
+	res, err := gpu.Refresh(ctx, o)
+	if err != nil {
+		p("GPU CDI spec %s not written: %v", path, err)
+		return
+	}
+	state := string(res.State)
+	if res.Spec != nil {
+		state += fmt.Sprintf(" (%d devices, driver %s)", len(res.Spec.Devices), orDash(res.Spec.DriverVersion))
+		for _, w := range res.Spec.Warnings {
+			p("GPU CDI spec: warning: %s", w)
+		}
+	}
+	if res.Reason != "" {
+		state += ": " + res.Reason
+	}
+	if dryRun && (res.State == gpu.Written || res.State == gpu.Refreshed || res.State == gpu.Removed) {
+		state = "dry run: would be " + state
+	}
+	p("GPU CDI spec %s: %s", path, state)
 }
 
 func reportInstall(verb string, o *install.Options, res *install.Result) {
