@@ -55,11 +55,15 @@ func ApplyPolicy(s *specs.Spec, p Policy, h Host, hc HostChecks) (*specs.Spec, e
 	if out.Annotations == nil {
 		out.Annotations = map[string]string{}
 	}
+	// The runtime's outputs are the runtime's to write: a client's
+	// io.pyisolate.out.* annotations are dropped.
+	for k := range out.Annotations {
+		if strings.HasPrefix(k, AnnotationOutPrefix) || k == AnnotationDegraded {
+			delete(out.Annotations, k)
+		}
+	}
 	out.Annotations[AnnotationPolicyOut] = string(p)
 	out.Annotations[AnnotationRestriction] = string(h.Restriction)
-	delete(out.Annotations, AnnotationDegraded)
-	delete(out.Annotations, AnnotationFloors)
-	delete(out.Annotations, AnnotationHardened)
 	if p != PolicyHardened {
 		return out, nil
 	}
