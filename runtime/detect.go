@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/pyisolate/pyisolate-oci/spec"
+	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
 
 // SystemPaths are the host directories Detect looks for; those that exist
@@ -793,7 +794,7 @@ func detectShm(env detectEnv) Shm {
 		s.Remedy = "remount it read-write ('mount -o remount,rw /dev/shm') and check its mode is 1777"
 	case s.FreeBytes < ShmMinFree:
 		s.Warning = fmt.Sprintf("%s has %s free (less than %s): tensor sharing will fail with ENOSPC",
-			ShmPath, FormatBytes(s.FreeBytes), FormatBytes(ShmMinFree))
+			ShmPath, tensoripc.HumanBytes(int64(s.FreeBytes)), tensoripc.HumanBytes(ShmMinFree))
 		s.Remedy = "enlarge it: 'sudo mount -o remount,size=2G /dev/shm', or 'docker run --shm-size=2g' " +
 			"(Kubernetes: an emptyDir with medium: Memory at /dev/shm)"
 	}
@@ -813,18 +814,4 @@ func existingPaths(env detectEnv) []string {
 		}
 	}
 	return out
-}
-
-// FormatBytes renders a byte count with a binary unit, such as "24.0 GiB".
-func FormatBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -200,7 +200,8 @@ func ownerList(owners []OwnerUsage, n int) string {
 	return strings.Join(parts, ", ")
 }
 
-// HumanBytes formats n in binary units: "512 B", "4.0 MiB", "600 MiB".
+// HumanBytes formats n in binary units: "512 B", "4.0 MiB", "600 MiB". It is
+// the one byte formatter of the project's messages (CLI, detect, shm).
 func HumanBytes(n int64) string {
 	if n < 1024 {
 		return fmt.Sprintf("%d B", n)

@@ -13,6 +13,7 @@ import (
 	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
+	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
 
 // gpuReadiness reports the machine's GPU and CUDA IPC readiness for detect,
@@ -168,7 +169,7 @@ func shmText(s runtime.Shm) string {
 	if !s.Writable {
 		state = "not writable"
 	}
-	return fmt.Sprintf("%s free of %s, %s", runtime.FormatBytes(s.FreeBytes), runtime.FormatBytes(s.SizeBytes), state)
+	return fmt.Sprintf("%s free of %s, %s", tensoripc.HumanBytes(int64(s.FreeBytes)), tensoripc.HumanBytes(int64(s.SizeBytes)), state)
 }
 
 // pathsText counts the candidate host paths present and names the missing.

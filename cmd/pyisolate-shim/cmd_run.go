@@ -272,7 +272,7 @@ func runBundle(ctx context.Context, req runRequest) int {
 		limit := "none"
 		if s.Linux != nil && s.Linux.Resources != nil && s.Linux.Resources.Memory != nil &&
 			s.Linux.Resources.Memory.Limit != nil {
-			limit = formatBytes(*s.Linux.Resources.Memory.Limit)
+			limit = tensoripc.HumanBytes(*s.Linux.Resources.Memory.Limit)
 		}
 		fail(0, "container %s was killed: out of memory (limit %s)", id, limit)
 		return 137
@@ -412,20 +412,6 @@ func newID(name string) string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return name + "-" + hex.EncodeToString(b[:])
-}
-
-// formatBytes prints a byte count with a binary unit when it is a whole
-// number of them.
-func formatBytes(n int64) string {
-	for _, u := range []struct {
-		name string
-		size int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.size && n%u.size == 0 {
-			return fmt.Sprintf("%d %s", n/u.size, u.name)
-		}
-	}
-	return fmt.Sprintf("%d bytes", n)
 }
 
 func psMain(args []string) int {

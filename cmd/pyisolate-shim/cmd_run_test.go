@@ -64,13 +64,6 @@ func TestParseSignal(t *testing.T) {
 	}
 }
 
-func TestFormatBytes(t *testing.T) {
-	for n, want := range map[int64]string{32 << 20: "32 MiB", 1 << 30: "1 GiB", 1536: "1536 bytes", 4096: "4 KiB", 100: "100 bytes"} {
-		if got := formatBytes(n); got != want {
-			t.Errorf("formatBytes(%d) = %q, want %q", n, got, want)
-		}
-	}
-}
 
 func TestNewID(t *testing.T) {
 	for _, name := range []string{"hello", "a b/c", "..", "", strings.Repeat("x", 255)} {
