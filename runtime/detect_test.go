@@ -674,4 +674,3 @@ func TestWSLVersion(t *testing.T) {
 		}
 	}
 }
-

@@ -6,10 +6,8 @@ import (
 	"os"
 
 	"github.com/containerd/log"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
@@ -24,6 +22,16 @@ type shimGroup struct {
 	members map[string]bool
 	cancel  context.CancelFunc
 }
+
+// shimGroups is the shim's group registry as the sandbox core joins and
+// leaves groups (sandbox.Groups).
+type shimGroups struct{ s *service }
+
+func (sg shimGroups) Join(ctx context.Context, name, id string, m *spec.Manifest) (*runtime.Group, error) {
+	return sg.s.joinGroup(ctx, name, id, m)
+}
+
+func (sg shimGroups) Leave(ctx context.Context, name, id string) { sg.s.leaveGroup(ctx, name, id) }
 
 // joinGroup adds container id to group name, opening (or creating) the
 // group on first use in this shim.
@@ -107,21 +115,6 @@ func (s *service) explainSIGBUS(c *container, execID string, st runtime.ExitStat
 		l = l.WithField("exec", execID)
 	}
 	l.Warnf("container %s was killed by SIGBUS: %s", c.id, why)
-}
-
-// injectDevices runs hooks.InjectDevices for member id of g (nil for a
-// plain spec), as `pyisolate run` does; an unknown device or a broken CDI
-// spec is an invalid request.
-func injectDevices(ctx context.Context, s *specs.Spec, g *runtime.Group, id string) error {
-	var ipcNS func() string
-	if g != nil {
-		ipcNS = func() string { return g.IPCNamespace(ctx, id) }
-	}
-	err := hooks.InjectDevices(ctx, s, hooks.CDIOptions{}, ipcNS)
-	if hooks.IsUserError(err) {
-		return invalid("pyisolate: %v", err)
-	}
-	return err
 }
 
 // endAbandonedGroups ends the groups under root whose members all died

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
@@ -70,7 +71,9 @@ type container struct {
 	// policy is the level a plain container runs under; "" for an
 	// extension (the manifest's sandbox).
 	policy spec.Policy
-	c      *runtime.Container
+	// prep is what the sandbox core prepared; released at Delete.
+	prep *sandbox.Container
+	c    *runtime.Container
 	// mu orders events: Start and Exec-start hold it while they publish,
 	// the exit watchers take it before they publish an exit.
 	mu    sync.Mutex
@@ -183,9 +186,7 @@ func (c *container) getProc(execID string) (process, error) {
 // id reservation and its entry.
 func (s *service) forget(ctx context.Context, c *container) {
 	_ = os.Remove(filepath.Join(c.bundle, initPidFile))
-	if c.group != "" {
-		s.leaveGroup(ctx, c.group, c.id)
-	}
+	c.prep.Release(ctx)
 	c.res.Release()
 	s.mu.Lock()
 	delete(s.containers, c.id)

@@ -21,8 +21,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
@@ -170,13 +170,11 @@ func runBundle(ctx context.Context, req runRequest) int {
 	if err != nil {
 		return fail(exitUsage, "run: bundle %q: %v", req.Bundle, err)
 	}
-	m, plain, err := spec.LoadBundle(bundle)
+	ld, err := sandbox.Load(bundle)
 	if err != nil {
 		return fail(exitUsage, "run: %v", err)
 	}
-	if m == nil && plain == nil {
-		return fail(exitUsage, "run: bundle %s: no %s, no %s", bundle, spec.ManifestFile, spec.ConfigFile)
-	}
+	m, plain := ld.Manifest, ld.Config
 	if code := checkBundle(ctx, req.Root, bundle, m, plain); code >= 0 {
 		return code
 	}
@@ -200,39 +198,19 @@ func runBundle(ctx context.Context, req runRequest) int {
 		return fail(exitRuntime, "run: %v", err)
 	}
 	defer res.Release() // last: after the container is deleted and the group left
-	var s *specs.Spec
-	var g *runtime.Group
-	if m == nil {
-		// A plain OCI bundle: its config.json with our defaults on top.
-		s, err = applyPolicy(ctx, req.Root, req.Policy, plain)
-	} else {
-		group := req.Group
-		if group == "" {
-			group = m.Group
-		}
-		g, err = runtime.OpenGroup(ctx, req.Root, group, id, os.Getpid(), runtime.GroupOptions{
-			ShmSize: int64(m.Limits.ShmSize), Retention: req.Retention,
-		})
-		if err != nil {
-			return fail(exitRuntime, "run: %v", err)
-		}
-		defer leaveGroup(g, id)
-		for _, w := range g.Domain.Warnings() {
-			fmt.Fprintln(os.Stderr, "pyisolate: warning: "+w)
-		}
-		s, err = buildSpec(ctx, r, bundle, id, req.Group, g, m)
-	}
-	if err == nil {
-		err = injectDevices(ctx, s, g, id)
-	}
+	c, err := sandbox.Prepare(ctx, sandbox.Request{
+		Bundle: bundle, ID: id, Runtime: r, Loaded: ld, Group: req.Group, Policy: req.Policy,
+		Groups: &runGroups{root: req.Root, retention: req.Retention}, HostEnv: os.Environ(),
+	})
 	if err != nil {
 		_ = r.Delete(ctx, id, true) // the empty rootfs, if made
-		var be *bundleError
-		if errors.As(err, &be) {
+		if sandbox.IsUserError(err) {
 			return fail(exitUsage, "run: %v", err)
 		}
 		return fail(exitRuntime, "run: %v", err)
 	}
+	defer c.Release(context.WithoutCancel(ctx))
+	s, g := c.Spec, c.Group
 	if d := spec.DegradedList(s); len(d) > 0 {
 		fmt.Fprintf(os.Stderr, "pyisolate: warning: degraded sandbox (restriction model %s): dropped %s\n",
 			s.Annotations[spec.AnnotationRestriction], strings.Join(d, ", "))
@@ -336,61 +314,6 @@ func unsandboxable(p *runtime.Profile, euid int) error {
 		return fmt.Errorf("no sandbox can be made here: %s; remedy: %s", runtime.CgroupReadOnlyWarning, runtime.CgroupReadOnlyRemedy)
 	}
 	return nil
-}
-
-// leaveGroup records that member id exited; the last member ends the group.
-func leaveGroup(g *runtime.Group, id string) {
-	if _, err := g.Leave(context.Background(), id); err != nil {
-		fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
-	}
-}
-
-// applyPolicy gives a plain OCI bundle's spec the policy asked for
-// (--policy, tightened by the spec's io.pyisolate.policy annotation).
-func applyPolicy(ctx context.Context, root string, node spec.Policy, plain *specs.Spec) (*specs.Spec, error) {
-	p, err := node.Tighten(plain.Annotations[spec.AnnotationPolicy])
-	if err != nil {
-		return nil, &bundleError{err}
-	}
-	prof, err := runtime.DetectCached(ctx, root)
-	if err != nil {
-		return nil, fmt.Errorf("detect host: %w", err)
-	}
-	s, err := spec.ApplyPolicy(plain, p, prof.SpecHost(), runtime.PolicyHostChecks())
-	if err != nil {
-		return nil, &bundleError{err}
-	}
-	return s, nil
-}
-
-// injectDevices runs hooks.InjectDevices for member id of g (nil for a
-// plain bundle); an unknown device or a broken CDI spec is the user's error.
-func injectDevices(ctx context.Context, s *specs.Spec, g *runtime.Group, id string) error {
-	var ipcNS func() string
-	if g != nil {
-		ipcNS = func() string { return g.IPCNamespace(ctx, id) }
-	}
-	err := hooks.InjectDevices(ctx, s, hooks.CDIOptions{}, ipcNS)
-	if hooks.IsUserError(err) {
-		return &bundleError{err}
-	}
-	return err
-}
-
-// buildSpec builds the sandbox spec of an extension bundle with manifest m
-// (as spec.LoadBundle returned it) in group g, making the empty rootfs when
-// the bundle has no rootfs directory.
-func buildSpec(ctx context.Context, r *runtime.Runtime, bundle, id, group string, g *runtime.Group, m *spec.Manifest) (*specs.Spec, error) {
-	req := bundleRequest{Bundle: bundle, ID: id, Group: group, ShmDir: g.ShmDir(), SocketDir: g.SocketDir(), Root: r.Root, Manifest: m}
-	if fi, err := os.Stat(filepath.Join(bundle, "rootfs")); err != nil || !fi.IsDir() {
-		rootfs, err := r.EmptyRootfs(id)
-		if err != nil {
-			return nil, err
-		}
-		req.Rootfs = rootfs
-	}
-	s, _, err := prepareSpec(ctx, req)
-	return s, err
 }
 
 // newID makes a container id from name (reduced to the characters ids
@@ -577,4 +500,36 @@ func containerGroup(r *runtime.Runtime, id string) string {
 		return ""
 	}
 	return st.Annotations[spec.AnnotationGroup]
+}
+
+// runGroups opens the group of one `pyisolate run`: created (with the run's
+// retention) when no live group of that name exists, left when the run
+// ends; the last member on the host ends it.
+type runGroups struct {
+	root      string
+	retention time.Duration
+	g         *runtime.Group
+}
+
+func (rg *runGroups) Join(ctx context.Context, name, id string, m *spec.Manifest) (*runtime.Group, error) {
+	g, err := runtime.OpenGroup(ctx, rg.root, name, id, os.Getpid(), runtime.GroupOptions{
+		ShmSize: int64(m.Limits.ShmSize), Retention: rg.retention,
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range g.Domain.Warnings() {
+		fmt.Fprintln(os.Stderr, "pyisolate: warning: "+w)
+	}
+	rg.g = g
+	return g, nil
+}
+
+func (rg *runGroups) Leave(ctx context.Context, name, id string) {
+	if rg.g == nil {
+		return
+	}
+	if _, err := rg.g.Leave(ctx, id); err != nil {
+		fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
+	}
 }
