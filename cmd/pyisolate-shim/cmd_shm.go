@@ -176,7 +176,7 @@ func writeSegmentTable(w io.Writer, rows []shmSegment, now time.Time) error {
 			state += ": " + r.StateDetail
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", displayText(r.Group), displayText(r.Name), displayText(r.Owner),
-			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), list, state)
+			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), list, displayText(state))
 	}
 	return tw.Flush()
 }
