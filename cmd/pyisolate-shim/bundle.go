@@ -77,13 +77,22 @@ func prepareSpec(ctx context.Context, r bundleRequest) (*specs.Spec, *spec.Manif
 	if fi, err := os.Stat(rootfs); err != nil || !fi.IsDir() {
 		rootfs = r.Rootfs
 	}
-	s, err := spec.Build(m, host, spec.Options{
+	o := spec.Options{
 		ID:        r.ID,
 		Rootfs:    rootfs,
 		ShmDir:    r.ShmDir,
 		SocketDir: r.SocketDir,
 		HostEnv:   os.Environ(),
-	})
+	}
+	if prof.Rootless {
+		// Container root is the caller; limits go below the delegated
+		// cgroup when there is one (else Build drops them).
+		o.UIDMappings, o.GIDMappings, _ = runtime.RootlessIDMappings()
+		if d := prof.RootlessMode; d != nil && d.CgroupDelegation != nil && r.ID != "" {
+			o.CgroupsPath = d.CgroupDelegation.ContainerCgroupPath(r.ID)
+		}
+	}
+	s, err := spec.Build(m, host, o)
 	if err != nil {
 		return nil, nil, &bundleError{err}
 	}
