@@ -36,7 +36,7 @@ func (u *rlUser) root() string { return filepath.Join(u.xdg, "pyisolate") }
 // rlNewUser makes the runtime directory of uid under fx.base (which uid can
 // traverse) and removes it, and the group directory its runtime made in
 // /dev/shm, when the test ends.
-func rlNewUser(t *testing.T, fx *secFixture, uid uint32) *rlUser {
+func rlNewUser(t testing.TB, fx *secFixture, uid uint32) *rlUser {
 	t.Helper()
 	u := &rlUser{uid: uid, xdg: filepath.Join(fx.base, fmt.Sprintf("run-user-%d", uid)),
 		cred: &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}}
@@ -115,7 +115,7 @@ func rlSetup(t *testing.T, command []string) (*secTools, *secFixture, *rlUser) {
 // rlCheckNoLeaks fails t when anything of container id is left for user u:
 // state beyond the empty reserved directories and the host profile cache,
 // a group directory with anything in it, mounts, cgroups or processes.
-func rlCheckNoLeaks(t *testing.T, u *rlUser, fx *secFixture, id string) {
+func rlCheckNoLeaks(t testing.TB, u *rlUser, fx *secFixture, id string) {
 	t.Helper()
 	root := u.root()
 	if target, err := os.Readlink(filepath.Join(root, "groups")); err == nil {
