@@ -1,9 +1,10 @@
 package test
 
 // BenchmarkStart (make bench): start-to-exit wall time of `/bin/true` and
-// of `/usr/bin/python3 -c pass` under `pyisolate run` (the CLI binary),
-// `runc run` and `crun run` on the same bundle, and bwrap with pyisolate's
-// arguments. Every iteration runs each runtime once per workload, in an
+// of `/usr/bin/python3 -c pass` under `pyisolate run` (the CLI binary), as
+// root and as the ordinary user 65534 (pyisolate-rootless, the user bwrap
+// runs as too), `runc run` and `crun run` on the same bundle, and bwrap with
+// pyisolate's arguments. Every iteration runs each runtime once per workload, in an
 // order that rotates from one iteration to the next (round robin), so that
 // load on the machine hits all of them alike. Medians are reported as
 // metrics (pyisolate-true-ms, runc-python-ms, ...) and as a table with the
