@@ -26,7 +26,8 @@ import (
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
-// DefaultRoot is the state directory used when Runtime.Root is empty. Every
+// DefaultRoot is the state directory of a runtime run as root when
+// Runtime.Root is empty (DefaultStateRoot says which applies). Every
 // container keeps its libcontainer state in <Root>/<id>; empty root
 // filesystems made by EmptyRootfs live in <Root>/rootfs/<id>.
 const DefaultRoot = "/run/pyisolate"
@@ -63,9 +64,10 @@ const rootfsDir = "rootfs"
 var ErrNotOwner = errors.New("exit status unavailable: the process was not started by this process")
 
 // Runtime creates and manages containers whose state lives under Root. The
-// zero value uses DefaultRoot. A Runtime is safe for concurrent use.
+// zero value uses DefaultStateRoot. A Runtime is safe for concurrent use.
 type Runtime struct {
-	// Root is the state directory. Empty means DefaultRoot.
+	// Root is the state directory. Empty means DefaultStateRoot: DefaultRoot
+	// as root, $XDG_RUNTIME_DIR/pyisolate rootless.
 	Root string
 }
 
@@ -150,7 +152,7 @@ func (e ExitStatus) String() string {
 
 func (r *Runtime) root() string {
 	if r == nil || r.Root == "" {
-		return DefaultRoot
+		return DefaultStateRoot()
 	}
 	return r.Root
 }
@@ -215,9 +217,14 @@ func checkName(what, id string) error {
 // ensureRoot creates the state root. It is 0711 rather than libcontainer's
 // 0700 so that a container in a user namespace (whose root is an unprivileged
 // host uid) can reach its root filesystem under <Root>/rootfs; the state
-// directories inside stay unlistable.
+// directories inside stay unlistable. A rootless runtime's root is 0700 and
+// must be the caller's own (see ensureRootlessDir): its containers run as
+// the caller.
 func (r *Runtime) ensureRoot() error {
 	root := r.root()
+	if Rootless() {
+		return ensureRootlessDir(root)
+	}
 	if err := os.MkdirAll(root, 0o711); err != nil {
 		return fmt.Errorf("create state root: %w", err)
 	}
@@ -225,7 +232,8 @@ func (r *Runtime) ensureRoot() error {
 }
 
 // EmptyRootfs creates <Root>/rootfs/<id>: an empty directory, mode 0755, owned
-// by host root, for a bwrap-style container whose whole filesystem comes from
+// by host root (by the caller when rootless: its container's root is the
+// caller, and nothing is chowned), for a bwrap-style container whose whole filesystem comes from
 // mounts. Create makes the mount points in it; Delete removes it again, and
 // only it. An existing empty directory (left by a killed run) is reused.
 func (r *Runtime) EmptyRootfs(id string) (string, error) {
@@ -239,7 +247,7 @@ func (r *Runtime) EmptyRootfs(id string) (string, error) {
 	if err := os.Mkdir(dir, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
 		return "", fmt.Errorf("create rootfs directory: %w", err)
 	}
-	if err := chmodIfNot(r.root(), 0o711); err != nil {
+	if err := chmodIfNot(r.root(), stateRootMode()); err != nil {
 		return "", err
 	}
 	p := filepath.Join(dir, id)
@@ -254,13 +262,24 @@ func (r *Runtime) EmptyRootfs(id string) (string, error) {
 			return "", fmt.Errorf("empty rootfs %s exists and is not empty: %w", p, err)
 		}
 	}
-	if err := os.Chown(p, 0, 0); err != nil {
-		return "", fmt.Errorf("empty rootfs: %w", err)
+	if !Rootless() {
+		if err := os.Chown(p, 0, 0); err != nil {
+			return "", fmt.Errorf("empty rootfs: %w", err)
+		}
 	}
 	if err := os.Chmod(p, 0o755); err != nil {
 		return "", fmt.Errorf("empty rootfs: %w", err)
 	}
 	return p, nil
+}
+
+// stateRootMode is the mode of the state root: 0711 as root (see
+// ensureRoot), 0700 rootless.
+func stateRootMode() os.FileMode {
+	if Rootless() {
+		return 0o700
+	}
+	return 0o711
 }
 
 // chmodIfNot gives p the permission bits mode unless it has them already.
@@ -345,7 +364,10 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 		}
 		defer r.unpin(id, pin) // once the init has made its mounts, or on error
 	}
-	if !opts.Systemd && ls.Linux != nil && ls.Linux.CgroupsPath == "" {
+	rootless := Rootless()
+	if !opts.Systemd && !rootless && ls.Linux != nil && ls.Linux.CgroupsPath == "" {
+		// Rootless, an empty path lets libcontainer skip the cgroups it
+		// may not create (a spec with limits names its delegated path).
 		ls.Linux.CgroupsPath = DefaultCgroupParent + "/" + id
 	}
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
@@ -353,7 +375,8 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 		UseSystemdCgroup: opts.Systemd,
 		NoPivotRoot:      opts.NoPivot,
 		Spec:             ls,
-		RootlessEUID:     os.Geteuid() != 0,
+		RootlessEUID:     rootless,
+		RootlessCgroups:  rootless,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: convert spec: %w", id, err)

@@ -104,6 +104,11 @@ type Profile struct {
 	Kernel string `json:"kernel"`
 	// WSL is 1 or 2 under Windows Subsystem for Linux, 0 otherwise.
 	WSL int `json:"wsl,omitempty"`
+	// Rootless reports that the runtime runs without root (euid != 0):
+	// see RootlessMode for what that means here.
+	Rootless bool `json:"rootless"`
+	// RootlessMode describes the rootless runtime; nil as root.
+	RootlessMode *RootlessMode `json:"rootless_mode,omitempty"`
 	// Warnings are problems that do not change the restriction model. Each
 	// ends in "; remedy: ..." (WarningRemedySep) where something can be done.
 	Warnings []string `json:"warnings,omitempty"`
@@ -132,10 +137,12 @@ type Shm struct {
 // true only when both the kernel and this binary support it.
 func (p *Profile) SpecHost() spec.Host {
 	return spec.Host{
-		Restriction: p.Restriction,
-		Seccomp:     p.Seccomp && p.SeccompBuiltIn,
-		Paths:       append([]string(nil), p.Paths...),
-		MemTotal:    int64(min(p.MemTotal, math.MaxInt64)),
+		Restriction:     p.Restriction,
+		Seccomp:         p.Seccomp && p.SeccompBuiltIn,
+		Paths:           append([]string(nil), p.Paths...),
+		MemTotal:        int64(min(p.MemTotal, math.MaxInt64)),
+		Rootless:        p.Rootless,
+		CgroupDelegated: p.RootlessMode != nil && p.RootlessMode.CgroupDelegation != nil,
 	}
 }
 
@@ -144,11 +151,10 @@ func (p *Profile) SpecHost() spec.Host {
 func RemedyFor(r spec.Restriction) string {
 	switch r {
 	case spec.RestrictionAppArmor:
-		return "run 'sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0' " +
-			"(persist it in /etc/sysctl.d/60-userns.conf), or load an AppArmor profile " +
-			"that allows userns for the pyisolate binary " +
-			"('abi <abi/4.0>, include <tunables/global> profile pyisolate /usr/local/bin/pyisolate flags=(unconfined) { userns, }' " +
-			"in /etc/apparmor.d/pyisolate, then 'sudo apparmor_parser -r /etc/apparmor.d/pyisolate')"
+		return "let the pyisolate binary keep user namespaces, as Ubuntu does for chosen programs: " +
+			"'sudo pyisolate install --apparmor' writes /etc/apparmor.d/pyisolate (a profile for the installed " +
+			"binary granting userns) and loads it; or allow them for every program: " +
+			"'sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0' (persist it in /etc/sysctl.d/60-userns.conf)"
 	case spec.RestrictionSysctl:
 		return "run 'sudo sysctl -w user.max_user_namespaces=15000' and, on Debian-patched kernels, " +
 			"'sudo sysctl -w kernel.unprivileged_userns_clone=1' (persist them in /etc/sysctl.d/)"
@@ -217,7 +223,11 @@ func (e *inconclusiveError) Error() string { return "probe inconclusive: " + e.e
 func (e *inconclusiveError) Unwrap() error { return e.err }
 
 // fsStat is the size of a filesystem, in bytes.
-type fsStat struct{ Size, Free uint64 }
+type fsStat struct {
+	Size, Free uint64
+	// Tmpfs reports that the filesystem is a tmpfs.
+	Tmpfs bool
+}
 
 // detectEnv is what detectAt reads the host through, so that tests can give
 // it a fake filesystem root and fake probes.
@@ -254,6 +264,10 @@ type hostFacts struct {
 	unprivClone    int // -1: file absent
 	selinuxEnforce int // -1: file absent
 	wsl            int
+	// initialUserNS: /proc/self/uid_map is the identity of all ids, so
+	// this process runs in the host's user namespace, not in a container
+	// that has one of its own.
+	initialUserNS bool
 }
 
 // detectAt is Detect's core, reading the host through env.
@@ -283,6 +297,7 @@ func detectAt(ctx context.Context, env detectEnv) (*Profile, error) {
 	if err := detectCgroups(env, p); err != nil {
 		return nil, err
 	}
+	detectRootless(env, f, p)
 	detectSeccomp(env, f, p)
 	detectOpenat2(env, p)
 	p.Shm = detectShm(env)
@@ -320,6 +335,7 @@ func readFacts(env detectEnv) (hostFacts, error) {
 		unprivClone:    readInt(env.path("/proc/sys/kernel/unprivileged_userns_clone")),
 		selinuxEnforce: readInt(env.path("/sys/fs/selinux/enforce")),
 		wsl:            wslVersion(readString(env.path("/proc/version"))),
+		initialUserNS:  strings.Join(strings.Fields(readString(env.path("/proc/self/uid_map"))), " ") == "0 0 4294967295",
 	}
 	status := env.path("/proc/self/status")
 	b, err := os.ReadFile(status)
@@ -422,7 +438,13 @@ func classify(ctx context.Context, env detectEnv, f hostFacts, p *Profile) error
 	errno := errnoOf(perr)
 	seen := fmt.Sprintf("%s failed: %s", kind, errnoName(errno, perr))
 	evidence := sysctlEvidence(f)
-	if !f.sysAdmin {
+	// An ordinary user of the host (a rootless runtime) never has
+	// CAP_SYS_ADMIN: what stops it is what stops unprivileged user
+	// namespaces (Ubuntu's AppArmor restriction, a sysctl), classified below
+	// with that model's remedy. no-caps is for a runtime in a container.
+	ruled, _ := restrictedBy(f, errno)
+	hostUser := f.euid > 0 && f.initialUserNS && ruled != ""
+	if !f.sysAdmin && !hostUser {
 		p.Restriction = spec.RestrictionNoCaps
 		p.RestrictionReason = seen + " and the runtime lacks CAP_SYS_ADMIN (CapEff)"
 		p.Remedy = RemedyFor(p.Restriction)
@@ -463,10 +485,9 @@ func runtimeProbe(ctx context.Context, env detectEnv) (probeKind, error) {
 func classifyWorking(ctx context.Context, env detectEnv, f hostFacts, p *Profile) {
 	p.Restriction = spec.RestrictionNone
 	if !f.sysAdmin {
+		// The cgroup delegation and its warning: detectRootless.
 		p.RestrictionReason = "user namespaces work for the runtime (rootless: no CAP_SYS_ADMIN)"
 		p.Unprivileged = true
-		p.Warnings = append(p.Warnings, "running rootless (no CAP_SYS_ADMIN): memory, pids and CPU limits need a delegated cgroup v2 subtree"+
-			WarningRemedySep+"run pyisolate under 'systemd-run --user --scope -p Delegate=yes', or set Delegate=yes in its service unit")
 		return
 	}
 	p.RestrictionReason = "user namespaces work for the runtime"

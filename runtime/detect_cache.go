@@ -39,6 +39,13 @@ func DetectCached(ctx context.Context, root string) (*Profile, error) {
 			c.Profile.Paths = existingPaths(env)
 			c.Profile.Shm = detectShm(env)
 			c.Profile.MemTotal = memTotal(env)
+			if c.Profile.Rootless {
+				// Which cgroup this run is in (a delegated scope or
+				// not) changes from one run to the next.
+				if f, err := readFacts(env); err == nil {
+					detectRootless(env, f, c.Profile)
+				}
+			}
 			return c.Profile, nil
 		}
 	}
@@ -47,7 +54,7 @@ func DetectCached(ctx context.Context, root string) (*Profile, error) {
 		return nil, err
 	}
 	if b, err := json.Marshal(cachedProfile{Key: key, Profile: p}); err == nil {
-		if err := os.MkdirAll(root, 0o711); err == nil {
+		if err := mkdirStateRoot(root); err == nil {
 			tmp := path + fmt.Sprintf(".%d", os.Getpid())
 			if os.WriteFile(tmp, b, 0o600) == nil {
 				_ = os.Rename(tmp, path)
@@ -55,6 +62,15 @@ func DetectCached(ctx context.Context, root string) (*Profile, error) {
 		}
 	}
 	return p, nil
+}
+
+// mkdirStateRoot makes the state root for the cache: 0711 as root, the
+// caller's own 0700 directory rootless (ensureRootlessDir).
+func mkdirStateRoot(root string) error {
+	if Rootless() {
+		return ensureRootlessDir(root)
+	}
+	return os.MkdirAll(root, 0o711)
 }
 
 // profileKey names everything a cached profile depends on.

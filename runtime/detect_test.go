@@ -252,6 +252,30 @@ func TestDetectClassification(t *testing.T) {
 			warning: "delegat",
 		},
 		{
+			// Ubuntu 23.10+ for an ordinary user of the host: the
+			// AppArmor model with the install --apparmor remedy, not
+			// no-caps (that one is for a runtime in a container).
+			name: "rootless on the host with apparmor",
+			files: map[string]string{
+				"proc/self/status":  statusFile("0000000000000000", 1000),
+				"proc/self/uid_map": "         0          0 4294967295\n",
+				"proc/sys/kernel/apparmor_restrict_unprivileged_userns": "1",
+			},
+			probes: map[probeKind]error{probeUserNS: refused(syscall.EACCES)},
+			want:   spec.RestrictionAppArmor,
+			reason: []string{"EACCES", "apparmor_restrict_unprivileged_userns=1"},
+		},
+		{
+			name: "rootless on the host, unexplained refusal",
+			files: map[string]string{
+				"proc/self/status":  statusFile("0000000000000000", 1000),
+				"proc/self/uid_map": "0 0 4294967295\n",
+			},
+			probes: map[probeKind]error{probeUserNS: refused(syscall.EPERM)},
+			want:   spec.RestrictionNoCaps,
+			reason: []string{"EPERM", "lacks CAP_SYS_ADMIN"},
+		},
+		{
 			name: "unsupported by GOOS",
 			goos: "darwin",
 			want: spec.RestrictionUnsupported,
@@ -628,6 +652,9 @@ func TestRemedyFor(t *testing.T) {
 				t.Errorf("RemedyFor(none) = %q", got)
 			}
 			continue
+		}
+		if r == spec.RestrictionAppArmor && !strings.Contains(got, "sudo pyisolate install --apparmor") {
+			t.Errorf("RemedyFor(apparmor) does not name the profile install: %q", got)
 		}
 		if !strings.Contains(got, want[r]) {
 			t.Errorf("RemedyFor(%s) = %q, want it to contain %q", r, got, want[r])

@@ -73,6 +73,9 @@ func OpenGroup(ctx context.Context, root, name, id string, pid int, opts GroupOp
 		return nil, err
 	}
 	g := &Group{Name: name, Dir: GroupDir(root, name)}
+	if err := ensureGroupsDir(root); err != nil {
+		return nil, fmt.Errorf("group %s: %w", name, err)
+	}
 	if err := os.MkdirAll(g.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("group %s: %w", name, err)
 	}
@@ -139,7 +142,9 @@ func restrictGroupDir(dir string) error {
 // mountSocketDir makes dir the group's socket directory: a size-limited
 // tmpfs mounted nosuid, nodev and noexec, writable by every member (mode
 // 1777). A tmpfs already there is kept. Without root (no tmpfs can be
-// mounted) it is a plain directory.
+// mounted) it is a plain directory; rootless, it lies beside the group's
+// shared memory, on the host's /dev/shm tmpfs (see ensureGroupsDir), and is
+// bounded by it rather than by SocketDirSize.
 func mountSocketDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -231,7 +236,8 @@ func (g *Group) destroyLocked(ctx context.Context) error {
 	if err := g.Domain.Destroy(ctx); err != nil {
 		return fmt.Errorf("group %s: %w", g.Name, err)
 	}
-	if err := unix.Unmount(g.SocketDir(), unix.MNT_DETACH); err != nil &&
+	// Rootless, nothing was mounted (mountSocketDir).
+	if err := unix.Unmount(g.SocketDir(), unix.MNT_DETACH); err != nil && !Rootless() &&
 		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("group %s: unmount sockets: %w", g.Name, err)
 	}

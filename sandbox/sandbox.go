@@ -215,7 +215,7 @@ func Prepare(ctx context.Context, req Request) (_ *Container, retErr error) {
 	if ld.Manifest == nil {
 		return preparePlain(ctx, req, ld.Config, host)
 	}
-	return prepareExtension(ctx, req, bundle, ld, host)
+	return prepareExtension(ctx, req, bundle, ld, prof)
 }
 
 // preparePlain applies the policy to a plain container's request.
@@ -244,8 +244,9 @@ func preparePlain(ctx context.Context, req Request, plain *specs.Spec, host spec
 // prepareExtension builds an extension's sandbox: the client's request
 // checked, the rootfs chosen, the group joined, the spec built from the
 // manifest, devices injected.
-func prepareExtension(ctx context.Context, req Request, bundle string, ld *Loaded, host spec.Host) (_ *Container, retErr error) {
+func prepareExtension(ctx context.Context, req Request, bundle string, ld *Loaded, prof *runtime.Profile) (_ *Container, retErr error) {
 	m, plain := ld.Manifest, ld.Config
+	host := prof.SpecHost()
 	if req.Group != "" {
 		m.Group = req.Group
 		if err := m.Validate(); err != nil {
@@ -284,6 +285,7 @@ func prepareExtension(ctx context.Context, req Request, bundle string, ld *Loade
 	if req.ClientProcess && plain != nil && plain.Process != nil {
 		opts.HostEnv = plain.Process.Env
 	}
+	rootlessOptions(&opts, prof, req.ID)
 	s, err := spec.Build(m, host, opts)
 	if err != nil {
 		return nil, userErr(fmt.Errorf("manifest: %w", err))
@@ -313,8 +315,36 @@ func prepareExtension(ctx context.Context, req Request, bundle string, ld *Loade
 		}
 		return nil, err
 	}
+	if err := prepareRootlessCgroup(prof, s); err != nil {
+		return nil, err
+	}
 	c.Spec = s
 	return c, nil
+}
+
+// rootlessOptions sets, for a runtime without root, the id mapping (the
+// caller is container root; /etc/subuid ranges through newuidmap when
+// present) and the cgroup below the delegated cgroup v2 subtree when there is
+// one (else Build drops the limits, said in io.pyisolate.degraded).
+func rootlessOptions(o *spec.Options, prof *runtime.Profile, id string) {
+	if !prof.Rootless {
+		return
+	}
+	o.UIDMappings, o.GIDMappings, _ = runtime.RootlessIDMappings()
+	if d := prof.RootlessMode; d != nil && d.CgroupDelegation != nil && id != "" {
+		o.CgroupsPath = d.CgroupDelegation.ContainerCgroupPath(id)
+	}
+}
+
+// prepareRootlessCgroup readies the delegated cgroup v2 subtree a rootless
+// spec's limits go to (runtime.PrepareDelegation); nothing as root or when
+// the spec has no cgroup.
+func prepareRootlessCgroup(prof *runtime.Profile, s *specs.Spec) error {
+	if !prof.Rootless || s.Linux == nil || s.Linux.CgroupsPath == "" ||
+		prof.RootlessMode == nil || prof.RootlessMode.CgroupDelegation == nil {
+		return nil
+	}
+	return runtime.PrepareDelegation(prof.RootlessMode.CgroupDelegation)
 }
 
 // chooseRootfs is the rootfs rule: the client's root.path (relative to the
@@ -380,7 +410,9 @@ func Preview(ctx context.Context, bundle, id, group, root, rootfs string, r spec
 	if fi, err := os.Stat(filepath.Join(abs, "rootfs")); err == nil && fi.IsDir() && !isEmptyDir(filepath.Join(abs, "rootfs")) {
 		rootfs = filepath.Join(abs, "rootfs")
 	}
-	s, err := spec.Build(m, host, spec.Options{ID: id, Rootfs: rootfs, HostEnv: os.Environ()})
+	o := spec.Options{ID: id, Rootfs: rootfs, HostEnv: os.Environ()}
+	rootlessOptions(&o, prof, id)
+	s, err := spec.Build(m, host, o)
 	if err != nil {
 		return nil, nil, userErr(err)
 	}

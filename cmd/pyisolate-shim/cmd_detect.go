@@ -110,6 +110,18 @@ func formatProfile(p *runtime.Profile) string {
 	if p.Restriction == spec.RestrictionUnsupported {
 		return b.String()
 	}
+	if m := p.RootlessMode; p.Rootless && m != nil {
+		line("rootless: yes (uid %d, gid %d; state in %s)", m.UID, m.GID, m.StateRoot)
+		line("  ids: %s", m.IDMapping)
+		line("  group shm: %s", m.GroupShm)
+		if d := m.CgroupDelegation; d != nil {
+			line("  cgroup limits: enforced in the delegated cgroup %s (controllers: %s)", d.Path, strings.Join(d.Controllers, " "))
+		} else {
+			line("  cgroup limits: not enforced (%s): %s", strings.Join(m.NotEnforced, ", "), m.NoDelegationReason)
+		}
+	} else {
+		line("rootless: no (root)")
+	}
 	line("cgroups: %s", cgroupText(p))
 	line("seccomp: %s", seccompText(p))
 	line("%s: %s", p.Shm.Path, shmText(p.Shm))
@@ -195,10 +207,7 @@ func degradedText(p *runtime.Profile) string {
 		// spec --restriction no-caps` prints it), but run does not start it.
 		return "no sandbox possible: 'pyisolate run' refuses to start extensions here (see the remedy)"
 	}
-	drop := spec.Degradations(p.Restriction)
-	if !p.SpecHost().Seccomp {
-		drop = append(drop, spec.DropSeccomp)
-	}
+	drop := spec.HostDegradations(p.SpecHost())
 	if len(drop) == 0 {
 		return "nothing (full sandbox)"
 	}

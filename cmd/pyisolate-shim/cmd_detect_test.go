@@ -44,7 +44,7 @@ func TestDetectHuman(t *testing.T) {
 	got := out.String()
 	t.Log("\n" + got)
 	for _, want := range []string{
-		"restriction model: apparmor (clone(CLONE_NEWUSER) failed: EACCES with kernel.apparmor_restrict_unprivileged_userns=1)\n  remedy: run 'sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0'",
+		"restriction model: apparmor (clone(CLONE_NEWUSER) failed: EACCES with kernel.apparmor_restrict_unprivileged_userns=1)\n  remedy: let the pyisolate binary keep user namespaces, as Ubuntu does for chosen programs: 'sudo pyisolate install --apparmor'",
 		"unprivileged userns: blocked (user namespaces fail for the runtime too)\n",
 		"cgroups: hybrid (v1 controllers at /sys/fs/cgroup + v2 at /sys/fs/cgroup/unified)\n",
 		"seccomp: supported (actions: kill_process errno allow)\n",
@@ -57,6 +57,54 @@ func TestDetectHuman(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q", want)
 		}
+	}
+}
+
+// TestDetectHumanRootless: detect run by an ordinary user says rootless,
+// how ids map, where group shared memory lives, and which limits are not
+// enforced, with the delegation remedy; with a delegation it says where
+// limits go and degrades nothing.
+func TestDetectHumanRootless(t *testing.T) {
+	p := detectProfile()
+	p.Restriction, p.Remedy, p.Unprivileged = spec.RestrictionNone, "", true
+	p.RestrictionReason = "user namespaces work for the runtime (rootless: no CAP_SYS_ADMIN)"
+	p.Rootless = true
+	p.Warnings = []string{"rootless: memory, pids and CPU limits are not enforced (cgroups are hybrid here)" +
+		runtime.WarningRemedySep + runtime.DelegationRemedy}
+	p.RootlessMode = &runtime.RootlessMode{
+		UID: 1000, GID: 1000, StateRoot: "/run/user/1000/pyisolate",
+		IDMapping:          "container root is uid 1000, gid 1000",
+		GroupShm:           "a private 0700 directory on the tmpfs /dev/shm",
+		GroupShmTmpfs:      true,
+		NoDelegationReason: "cgroups are hybrid here",
+		NotEnforced:        []string{"limits.memory", "limits.pids"},
+	}
+	got := formatProfile(p)
+	for _, want := range []string{
+		"rootless: yes (uid 1000, gid 1000; state in /run/user/1000/pyisolate)\n",
+		"  ids: container root is uid 1000, gid 1000\n",
+		"  group shm: a private 0700 directory on the tmpfs /dev/shm\n",
+		"  cgroup limits: not enforced (limits.memory, limits.pids): cgroups are hybrid here\n",
+		"degraded: cgroup-limits (no memory, pids or CPU limits)\n",
+		"  remedy: run pyisolate in a delegated cgroup v2 scope of your systemd user manager: 'systemd-run --user --scope -p Delegate=yes",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+	p.RootlessMode.CgroupDelegation = &runtime.CgroupDelegation{Path: "/user.slice/run-u1.scope", Controllers: []string{"memory", "pids"}}
+	got = formatProfile(p)
+	for _, want := range []string{
+		"  cgroup limits: enforced in the delegated cgroup /user.slice/run-u1.scope (controllers: memory pids)\n",
+		"degraded: nothing (full sandbox)\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("with a delegation, output lacks %q:\n%s", want, got)
+		}
+	}
+	p.Rootless, p.RootlessMode = false, nil
+	if got := formatProfile(p); !strings.Contains(got, "rootless: no (root)\n") {
+		t.Errorf("as root, output lacks rootless: no:\n%s", got)
 	}
 }
 

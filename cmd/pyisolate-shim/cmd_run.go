@@ -90,7 +90,7 @@ func runMain(args []string) int {
 		"group share a /dev/shm tmpfs and a socket directory (/run/pyisolate). A bundle\n"+
 		"whose config.json sets process.terminal needs stdin to be a terminal.")
 	group := fs.String("group", "", groupFlagHelp)
-	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	id := fs.String("id", "", idFlagHelp+" (default: the extension name and a random suffix)")
 	retention := fs.Duration("shm-retention", 0, "how long an exited member's shared-memory segments are kept (default 30s; set when the group is created)")
 	policyName := fs.String("policy", string(spec.DefaultPolicy), "policy for a plain bundle (no manifest): hardened refuses privileged requests and applies its floors, faithful runs it as runc would")
@@ -119,6 +119,11 @@ func runMain(args []string) int {
 		Bundle: bundle, Group: *group, Root: *root, ID: *id, Command: cmd, Retention: *retention, Policy: policy,
 	})
 }
+
+// rootFlagHelp is the help of the --root flags, whose default follows the
+// user (runtime.DefaultStateRoot).
+const rootFlagHelp = "state directory of the runtime (default for root: " + runtime.DefaultRoot +
+	"; for other users $XDG_RUNTIME_DIR/pyisolate, a directory only they can enter)"
 
 // Help of the --id and --group flags, which say the rules checkIDFlags
 // applies.
@@ -212,8 +217,16 @@ func runBundle(ctx context.Context, req runRequest) int {
 	defer c.Release(context.WithoutCancel(ctx))
 	s, g := c.Spec, c.Group
 	if d := spec.DegradedList(s); len(d) > 0 {
-		fmt.Fprintf(os.Stderr, "pyisolate: warning: degraded sandbox (restriction model %s): dropped %s\n",
-			s.Annotations[spec.AnnotationRestriction], strings.Join(d, ", "))
+		model := s.Annotations[spec.AnnotationRestriction]
+		why := ""
+		if runtime.Rootless() {
+			model += ", rootless"
+			if slices.Contains(d, string(spec.DropCgroupLimits)) {
+				why = " (memory, pids and CPU limits are not enforced: no delegated cgroup v2 subtree; 'pyisolate detect' says how to get one)"
+			}
+		}
+		fmt.Fprintf(os.Stderr, "pyisolate: warning: degraded sandbox (restriction model %s): dropped %s%s\n",
+			model, strings.Join(d, ", "), why)
 	}
 	if len(req.Command) > 0 {
 		if s.Process == nil {
@@ -289,6 +302,12 @@ func checkBundle(ctx context.Context, root, bundle string, m *spec.Manifest, pla
 	if err := spec.CheckHostLimits(m.Limits, prof.SpecHost()); err != nil {
 		return fail(exitUsage, "run: %v", err)
 	}
+	if prof.Rootless && prof.Restriction.ForbidsUserNamespaces() {
+		// Without root every namespace hangs off a user namespace: there
+		// is nothing to degrade to.
+		return fail(exitRuntime, "run: rootless, and user namespaces are blocked here (restriction model %s: %s): "+
+			"a sandbox needs them without root; remedy: %s", prof.Restriction, prof.RestrictionReason, prof.Remedy)
+	}
 	return -1
 }
 
@@ -339,7 +358,7 @@ func newID(name string) string {
 
 func psMain(args []string) int {
 	fs := newFlagSet("ps", "[--root DIR] [--json]")
-	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -388,7 +407,7 @@ func killMain(args []string) int {
 	fs := newFlagSet("kill", "[--root DIR] [--all] ID [SIGNAL]\n\n"+
 		"SIGNAL is a name (TERM, SIGTERM) or a number; default TERM. Signal 0 sends\n"+
 		"nothing: it checks that the container's init is alive (exit 0, else 1).")
-	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	all := fs.Bool("all", false, "signal every process of the container, not only its init")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -453,7 +472,7 @@ func parseSignal(s string) (syscall.Signal, error) {
 
 func deleteMain(args []string) int {
 	fs := newFlagSet("delete", "[--root DIR] [--force] ID\n\nRemoves a stopped container; with --force also a running one (killed first).")
-	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	force := fs.Bool("force", false, "kill the container first if it is running")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code

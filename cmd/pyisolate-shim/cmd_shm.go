@@ -55,7 +55,7 @@ func shmMain(args []string) int {
 // the subcommand returns code: 0 after -h, exitUsage after a bad flag.
 func shmFlags(name, usage string, args []string, extra func(fs *flag.FlagSet)) (root, group string, code int, ok bool) {
 	fs := newFlagSet("shm "+name, usage)
-	rootf := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	rootf := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	groupf := fs.String("group", "", "isolation group (default: all groups)")
 	if extra != nil {
 		extra(fs)

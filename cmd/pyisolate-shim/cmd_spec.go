@@ -24,7 +24,7 @@ func specMain(args []string) int {
 	bundle := fs.String("bundle", ".", "extension bundle directory")
 	group := fs.String("group", "", groupFlagHelp)
 	id := fs.String("id", "", idFlagHelp+" (default: the extension name)")
-	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	restriction := fs.String("restriction", "", "build for this restriction model instead of the detected one (none, apparmor, sysctl, selinux, no-caps)")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
