@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 )
 
 func TestDefaultStateRootFor(t *testing.T) {
@@ -25,8 +24,8 @@ func TestDefaultStateRootFor(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := defaultStateRootFor(tc.euid, tc.xdg); got != tc.want {
-				t.Errorf("defaultStateRootFor(%d, %q) = %q, want %q", tc.euid, tc.xdg, got, tc.want)
+			if got := DefaultStateRootFor(tc.euid, tc.xdg); got != tc.want {
+				t.Errorf("DefaultStateRootFor(%d, %q) = %q, want %q", tc.euid, tc.xdg, got, tc.want)
 			}
 		})
 	}
@@ -38,7 +37,7 @@ func TestDefaultStateRootFor(t *testing.T) {
 func TestEnsureRootlessDir(t *testing.T) {
 	base := t.TempDir()
 	mine := filepath.Join(base, "a", "pyisolate")
-	if err := ensureRootlessDir(mine); err != nil {
+	if err := EnsureRootlessDir(mine); err != nil {
 		t.Fatalf("new root: %v", err)
 	}
 	if fi, err := os.Stat(mine); err != nil || fi.Mode().Perm() != 0o700 {
@@ -47,7 +46,7 @@ func TestEnsureRootlessDir(t *testing.T) {
 	if err := os.Chmod(mine, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := ensureRootlessDir(mine); err != nil {
+	if err := EnsureRootlessDir(mine); err != nil {
 		t.Fatal(err)
 	}
 	if fi, _ := os.Stat(mine); fi.Mode().Perm() != 0o700 {
@@ -57,7 +56,7 @@ func TestEnsureRootlessDir(t *testing.T) {
 	if err := os.Symlink(mine, link); err != nil {
 		t.Fatal(err)
 	}
-	if err := ensureRootlessDir(link); err == nil || !strings.Contains(err.Error(), link) {
+	if err := EnsureRootlessDir(link); err == nil || !strings.Contains(err.Error(), link) {
 		t.Errorf("a symbolic link as root: %v, want an error naming it", err)
 	}
 	if os.Geteuid() == 0 {
@@ -68,7 +67,7 @@ func TestEnsureRootlessDir(t *testing.T) {
 		if err := os.Chown(other, 4242, 4242); err != nil {
 			t.Fatal(err)
 		}
-		if err := ensureRootlessDir(other); err == nil || !strings.Contains(err.Error(), "belongs to uid 4242") {
+		if err := EnsureRootlessDir(other); err == nil || !strings.Contains(err.Error(), "belongs to uid 4242") {
 			t.Errorf("a root owned by another user: %v, want refused", err)
 		}
 	}
@@ -89,14 +88,14 @@ func TestRootlessIDMappings(t *testing.T) {
 		return []specs.LinuxIDMapping{{ContainerID: 0, HostID: id, Size: 1}}
 	}
 
-	uids, gids, note := rootlessIDMappings(4321, 4322, etc, missing)
+	uids, gids, note := RootlessIDMappingsFor(4321, 4322, etc, missing)
 	if len(uids) != 1 || uids[0] != one(4321)[0] || len(gids) != 1 || gids[0] != one(4322)[0] {
 		t.Errorf("without newuidmap: %v %v, want the single mapping of 4321/4322", uids, gids)
 	}
 	if !strings.Contains(note, "uidmap") {
 		t.Errorf("note %q does not name the missing package", note)
 	}
-	uids, gids, note = rootlessIDMappings(4321, 4322, etc, found)
+	uids, gids, note = RootlessIDMappingsFor(4321, 4322, etc, found)
 	wantU := append(one(4321), specs.LinuxIDMapping{ContainerID: 1, HostID: 200000, Size: 65536})
 	wantG := append(one(4322), specs.LinuxIDMapping{ContainerID: 1, HostID: 300000, Size: 1000})
 	if len(uids) != 2 || uids[1] != wantU[1] || len(gids) != 2 || gids[1] != wantG[1] {
@@ -105,7 +104,7 @@ func TestRootlessIDMappings(t *testing.T) {
 	if !strings.Contains(note, "200000-265535") {
 		t.Errorf("note %q", note)
 	}
-	uids, _, note = rootlessIDMappings(5555, 5555, etc, found)
+	uids, _, note = RootlessIDMappingsFor(5555, 5555, etc, found)
 	if len(uids) != 1 || !strings.Contains(note, "no range") {
 		t.Errorf("a user without ranges: %v (%q), want the single mapping", uids, note)
 	}
@@ -115,145 +114,3 @@ func TestRootlessIDMappings(t *testing.T) {
 // directory in the shared-memory tmpfs, kept while usable, replaced when
 // stale; on no tmpfs nothing is linked (file-backed groups, said by
 // tensoripc).
-func TestLinkGroupsDir(t *testing.T) {
-	if !onTmpfsPath(ShmPath) {
-		t.Skip("skipped: /dev/shm is not a tmpfs here")
-	}
-	shm, err := os.MkdirTemp(ShmPath, "rootless-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(shm) })
-	root := filepath.Join(t.TempDir(), "pyisolate")
-	if err := os.Mkdir(root, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	euid := os.Geteuid()
-	if err := linkGroupsDir(root, shm, euid); err != nil {
-		t.Fatal(err)
-	}
-	link := filepath.Join(root, groupsDir)
-	target, err := os.Readlink(link)
-	if err != nil {
-		t.Fatalf("groups is no link: %v", err)
-	}
-	if !ownShmDir(shm, target, euid) {
-		t.Fatalf("target %s is not a private directory of uid %d on the tmpfs", target, euid)
-	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(filepath.Join(link, "."), &fs); err != nil || fs.Type != tmpfsMagic {
-		t.Errorf("groups does not lead to a tmpfs: type %#x (%v)", fs.Type, err)
-	}
-	if err := linkGroupsDir(root, shm, euid); err != nil {
-		t.Fatal(err)
-	}
-	if again, _ := os.Readlink(link); again != target {
-		t.Errorf("a usable link was replaced: %s, then %s", target, again)
-	}
-	// Stale: the tmpfs directory is gone (a reboot kept the root).
-	if err := os.Remove(target); err != nil {
-		t.Fatal(err)
-	}
-	if err := linkGroupsDir(root, shm, euid); err != nil {
-		t.Fatal(err)
-	}
-	if fresh, _ := os.Readlink(link); fresh == target || !ownShmDir(shm, fresh, euid) {
-		t.Errorf("a stale link was not renewed: %s", fresh)
-	}
-	// Not ours: a directory of another uid is not accepted.
-	if ownShmDir(shm, target, euid+1) {
-		t.Errorf("ownShmDir accepted another uid")
-	}
-	// A state root without a tmpfs to link to keeps a plain directory.
-	plain := filepath.Join(t.TempDir(), "pyisolate")
-	if err := os.Mkdir(plain, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := linkGroupsDir(plain, t.TempDir(), euid); err != nil {
-		t.Fatal(err)
-	}
-	if onTmpfsPath(os.TempDir()) {
-		return
-	}
-	if _, err := os.Lstat(filepath.Join(plain, groupsDir)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("a groups link was made without a tmpfs: %v", err)
-	}
-}
-
-// TestFindDelegation: a delegated cgroup v2 subtree is found from
-// /proc/self/cgroup when its files belong to the user and it has the memory
-// and pids controllers; otherwise the reason says what is missing.
-func TestFindDelegation(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: the fake cgroup files are chowned to a test uid, which needs root")
-	}
-	const own = "/user.slice/user-1000.slice/user@1000.service/app.slice/run-u7.scope"
-	tests := []struct {
-		name        string
-		version     string
-		owner       int
-		controllers string
-		want        string // "" for delegated, else a substring of the reason
-	}{
-		{"delegated", CgroupV2, 1000, "cpu memory pids", ""},
-		{"hybrid", CgroupHybrid, 1000, "cpu memory pids", "hybrid"},
-		{"not the user's", CgroupV2, 0, "cpu memory pids", "not delegated to uid 1000"},
-		{"no memory controller", CgroupV2, 1000, "cpu pids", "lacks the memory controller"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			files := baseFiles()
-			files["proc/self/cgroup"] = "0::" + own + "\n"
-			dir := "sys/fs/cgroup" + own
-			files[dir+"/cgroup.procs"] = "1234\n"
-			files[dir+"/cgroup.subtree_control"] = ""
-			files[dir+"/cgroup.controllers"] = tc.controllers + "\n"
-			root := fakeRoot(t, files)
-			for _, f := range []string{"cgroup.procs", "cgroup.subtree_control"} {
-				if err := os.Chown(filepath.Join(root, dir, f), tc.owner, tc.owner); err != nil {
-					t.Fatal(err)
-				}
-			}
-			p := &Profile{CgroupVersion: tc.version, CgroupV2Path: "/sys/fs/cgroup"}
-			d, why := findDelegation(fakeEnv(root, nil), 1000, p)
-			if tc.want == "" {
-				if d == nil || d.Path != own || d.ContainerCgroupPath("c1") != own+"/pyisolate/c1" {
-					t.Fatalf("delegation %+v (%s), want %s", d, why, own)
-				}
-				return
-			}
-			if d != nil || !strings.Contains(why, tc.want) {
-				t.Errorf("delegation %+v, reason %q; want none because %q", d, why, tc.want)
-			}
-		})
-	}
-}
-
-// TestPrepareDelegation: the delegated cgroup's processes move to its leaf
-// pyisolate-runner, and the controllers are enabled for its children and
-// for pyisolate/, on plain files standing in for cgroupfs.
-func TestPrepareDelegation(t *testing.T) {
-	dir := t.TempDir()
-	for f, c := range map[string]string{"cgroup.procs": "1234\n", "cgroup.subtree_control": "pids\n"} {
-		if err := os.WriteFile(filepath.Join(dir, f), []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	d := &CgroupDelegation{Path: "/x.scope", Dir: dir, Controllers: []string{"cpu", "memory", "pids"}}
-	if err := PrepareDelegation(d); err != nil {
-		t.Fatal(err)
-	}
-	read := func(p string) string {
-		b, _ := os.ReadFile(filepath.Join(dir, p))
-		return string(b)
-	}
-	if got := read("pyisolate-runner/cgroup.procs"); got != "1234" {
-		t.Errorf("runner leaf's cgroup.procs = %q, want the moved pid", got)
-	}
-	if got := read("cgroup.subtree_control"); got != "+memory +cpu" {
-		t.Errorf("subtree_control written %q, want the missing controllers", got)
-	}
-	if got := read("pyisolate/cgroup.subtree_control"); got != "+memory +pids +cpu" {
-		t.Errorf("pyisolate/cgroup.subtree_control = %q", got)
-	}
-}

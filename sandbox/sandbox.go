@@ -25,8 +25,17 @@ import (
 
 	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/runtime/detect"
+	"github.com/pyisolate/pyisolate-oci/runtime/group"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
+
+// NewRuntime is the runtime of state root root as every face uses it: a
+// container it reclaims (the orphan of a dead `pyisolate run`) leaves its
+// isolation group too.
+func NewRuntime(root string) *runtime.Runtime {
+	return &runtime.Runtime{Root: root, ReleaseGroup: group.ReleaseMember}
+}
 
 // Groups opens and leaves isolation groups for a face: `pyisolate run` opens
 // its group for one container, the shim keeps a group open (and watched) for
@@ -34,7 +43,7 @@ import (
 type Groups interface {
 	// Join adds member id to group name, creating the group (sized by m's
 	// limits) when no live group of that name exists.
-	Join(ctx context.Context, name, id string, m *spec.Manifest) (*runtime.Group, error)
+	Join(ctx context.Context, name, id string, m *spec.Manifest) (*group.Group, error)
 	// Leave records that member id left group name.
 	Leave(ctx context.Context, name, id string)
 }
@@ -83,7 +92,7 @@ type Container struct {
 	// Manifest is the extension's manifest, nil for a plain container.
 	Manifest *spec.Manifest
 	// Group is the extension's isolation group, nil for a plain container.
-	Group *runtime.Group
+	Group *group.Group
 	// GroupName is Group's name, "" for a plain container.
 	GroupName string
 	// Policy is the level a plain container runs under, "" for an
@@ -184,9 +193,9 @@ func GroupName(m *spec.Manifest, override string) string {
 }
 
 // Host returns the host profile for containers under runtime root: detected
-// once and cached under the root (runtime.DetectCached).
-func Host(ctx context.Context, root string) (*runtime.Profile, error) {
-	prof, err := runtime.DetectCached(ctx, root)
+// once and cached under the root (detect.Cached).
+func Host(ctx context.Context, root string) (*detect.Profile, error) {
+	prof, err := detect.Cached(ctx, root)
 	if err != nil {
 		return nil, fmt.Errorf("detect host: %w", err)
 	}
@@ -244,7 +253,7 @@ func preparePlain(ctx context.Context, req Request, plain *specs.Spec, host spec
 // prepareExtension builds an extension's sandbox: the client's request
 // checked, the rootfs chosen, the group joined, the spec built from the
 // manifest, devices injected.
-func prepareExtension(ctx context.Context, req Request, bundle string, ld *Loaded, prof *runtime.Profile) (_ *Container, retErr error) {
+func prepareExtension(ctx context.Context, req Request, bundle string, ld *Loaded, prof *detect.Profile) (_ *Container, retErr error) {
 	m, plain := ld.Manifest, ld.Config
 	host := prof.SpecHost()
 	if req.Group != "" {
@@ -326,7 +335,7 @@ func prepareExtension(ctx context.Context, req Request, bundle string, ld *Loade
 // caller is container root; /etc/subuid ranges through newuidmap when
 // present) and the cgroup below the delegated cgroup v2 subtree when there is
 // one (else Build drops the limits, said in io.pyisolate.degraded).
-func rootlessOptions(o *spec.Options, prof *runtime.Profile, id string) {
+func rootlessOptions(o *spec.Options, prof *detect.Profile, id string) {
 	if !prof.Rootless {
 		return
 	}
@@ -337,14 +346,14 @@ func rootlessOptions(o *spec.Options, prof *runtime.Profile, id string) {
 }
 
 // prepareRootlessCgroup readies the delegated cgroup v2 subtree a rootless
-// spec's limits go to (runtime.PrepareDelegation); nothing as root or when
+// spec's limits go to (detect.PrepareDelegation); nothing as root or when
 // the spec has no cgroup.
-func prepareRootlessCgroup(prof *runtime.Profile, s *specs.Spec) error {
+func prepareRootlessCgroup(prof *detect.Profile, s *specs.Spec) error {
 	if !prof.Rootless || s.Linux == nil || s.Linux.CgroupsPath == "" ||
 		prof.RootlessMode == nil || prof.RootlessMode.CgroupDelegation == nil {
 		return nil
 	}
-	return runtime.PrepareDelegation(prof.RootlessMode.CgroupDelegation)
+	return detect.PrepareDelegation(prof.RootlessMode.CgroupDelegation)
 }
 
 // chooseRootfs is the rootfs rule: the client's root.path (relative to the

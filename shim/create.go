@@ -84,7 +84,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(invalid("pyisolate: %v", err))
 	}
 	prep, err := sandbox.Prepare(ctx, sandbox.Request{
-		Bundle: r.Bundle, ID: r.ID, Runtime: s.rt, Policy: node, Groups: shimGroups{s}, ClientProcess: true,
+		Bundle: r.Bundle, ID: r.ID, Runtime: s.rt, Policy: node, Groups: s.groups, ClientProcess: true,
 	})
 	if err != nil {
 		if sandbox.IsUserError(err) {
@@ -145,7 +145,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	c.init.pid = st.InitPID
 	_ = os.WriteFile(filepath.Join(r.Bundle, initPidFile), []byte(strconv.Itoa(st.InitPID)), 0o644)
 	if c.group != "" {
-		s.registerMember(ctx, c.group, r.ID, st.InitPID)
+		if err := s.groups.Register(ctx, c.group, r.ID, st.InitPID); err != nil {
+			log.G(ctx).WithError(err).Warn("register group member")
+		}
 	}
 
 	s.mu.Lock()

@@ -53,8 +53,8 @@ type service struct {
 	host     spec.Host
 	hostErr  error
 
-	gmu    sync.Mutex
-	groups map[string]*shimGroup
+	// groups are the isolation groups of the members this shim serves.
+	groups *sandbox.SharedGroups
 }
 
 // container is one task: its init process and its exec processes.
@@ -90,12 +90,14 @@ func newService(ctx context.Context, publisher cdshim.Publisher, sd shutdown.Ser
 	s := &service{
 		ctx:        ctx,
 		ns:         ns,
-		rt:         &runtime.Runtime{Root: stateRoot(ns)},
+		rt:         sandbox.NewRuntime(stateRoot(ns)),
 		events:     make(chan any, 128),
 		shutdown:   sd,
 		publisher:  publisher,
 		containers: map[string]*container{},
-		groups:     map[string]*shimGroup{},
+		groups: sandbox.NewSharedGroups(ctx, stateRoot(ns), func(group, msg string) {
+			log.G(ctx).WithField("group", group).Warn(msg)
+		}),
 	}
 	go s.forward(ctx, publisher)
 	if address, err := cdshim.ReadAddress("address"); err == nil {

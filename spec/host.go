@@ -4,7 +4,7 @@ package spec
 // container runtime to do with user namespaces and privileges.
 type Restriction string
 
-// The restriction models, as decided by runtime.Detect.
+// The restriction models, as decided by detect.Host (runtime/detect).
 const (
 	// RestrictionNone means nothing is restricted: every namespace works.
 	RestrictionNone Restriction = "none"
@@ -40,7 +40,7 @@ func (r Restriction) ForbidsUserNamespaces() bool {
 }
 
 // Host is what the spec builder needs to know about the machine. It is filled
-// by runtime.Detect (see runtime.Profile.SpecHost) and by hand in tests, which
+// by detect.Host (see detect.Profile.SpecHost in runtime/detect) and by hand in tests, which
 // keeps Build a pure function.
 type Host struct {
 	// Restriction is the host's restriction model.

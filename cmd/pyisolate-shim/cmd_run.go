@@ -22,6 +22,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/runtime/detect"
+	rgroup "github.com/pyisolate/pyisolate-oci/runtime/group"
 	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
@@ -191,7 +193,7 @@ func runBundle(ctx context.Context, req runRequest) int {
 		}
 		id = newID(name)
 	}
-	r := &runtime.Runtime{Root: req.Root}
+	r := sandbox.NewRuntime(req.Root)
 	// Containers of runs that died are deleted first, then the id is
 	// reserved before anything is made for it: a busy id fails here, and
 	// nothing of the container that holds it is touched.
@@ -205,7 +207,9 @@ func runBundle(ctx context.Context, req runRequest) int {
 	defer res.Release() // last: after the container is deleted and the group left
 	c, err := sandbox.Prepare(ctx, sandbox.Request{
 		Bundle: bundle, ID: id, Runtime: r, Loaded: ld, Group: req.Group, Policy: req.Policy,
-		Groups: &runGroups{root: req.Root, retention: req.Retention}, HostEnv: os.Environ(),
+		Groups: &sandbox.RunGroups{Root: req.Root, Retention: req.Retention, Warn: func(msg string) {
+			fmt.Fprintln(os.Stderr, "pyisolate: warning: "+msg)
+		}}, HostEnv: os.Environ(),
 	})
 	if err != nil {
 		_ = r.Delete(ctx, id, true) // the empty rootfs, if made
@@ -289,7 +293,7 @@ func checkBundle(ctx context.Context, root, bundle string, m *spec.Manifest, pla
 	}
 	// Detection caches the profile under root: the bundle's own errors
 	// come first.
-	prof, err := runtime.DetectCached(ctx, root)
+	prof, err := detect.Cached(ctx, root)
 	if err != nil {
 		return fail(exitRuntime, "run: detect host: %v", err)
 	}
@@ -323,14 +327,14 @@ func checkBundle(ctx context.Context, root, bundle string, m *spec.Manifest, pla
 //     none of its memory, pids and CPU limits. A rootless runtime
 //     (euid != 0) is not refused: libcontainer skips the cgroups it cannot
 //     write to, and detect warns about the missing limits.
-func unsandboxable(p *runtime.Profile, euid int) error {
+func unsandboxable(p *detect.Profile, euid int) error {
 	switch {
 	case p.Restriction == spec.RestrictionNoCaps:
 		return fmt.Errorf("no sandbox can be made here: restriction model %s (%s): without CAP_SYS_ADMIN "+
 			"and without user namespaces the runtime can create no mount, namespace or cgroup, and it does "+
 			"not run extensions unsandboxed; remedy: %s", p.Restriction, p.RestrictionReason, p.Remedy)
 	case p.CgroupReadOnly && euid == 0:
-		return fmt.Errorf("no sandbox can be made here: %s; remedy: %s", runtime.CgroupReadOnlyWarning, runtime.CgroupReadOnlyRemedy)
+		return fmt.Errorf("no sandbox can be made here: %s; remedy: %s", detect.CgroupReadOnlyWarning, detect.CgroupReadOnlyRemedy)
 	}
 	return nil
 }
@@ -366,7 +370,7 @@ func psMain(args []string) int {
 	if fs.NArg() > 0 {
 		return usageError(fs, "unexpected argument %q", fs.Arg(0))
 	}
-	r := &runtime.Runtime{Root: *root}
+	r := sandbox.NewRuntime(*root)
 	if _, err := r.ReclaimOrphans(context.Background()); err != nil {
 		fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
 	}
@@ -425,7 +429,7 @@ func killMain(args []string) int {
 			return fail(exitUsage, "kill: %v", err)
 		}
 	}
-	c, err := (&runtime.Runtime{Root: *root}).Load(fs.Arg(0))
+	c, err := sandbox.NewRuntime(*root).Load(fs.Arg(0))
 	if err != nil {
 		return fail(1, "kill: %v", err)
 	}
@@ -484,7 +488,7 @@ func deleteMain(args []string) int {
 		return code
 	}
 	ctx := context.Background()
-	r := &runtime.Runtime{Root: *root}
+	r := sandbox.NewRuntime(*root)
 	id := fs.Arg(0)
 	reclaimed, err := r.ReclaimOrphans(ctx)
 	if err != nil {
@@ -501,7 +505,7 @@ func deleteMain(args []string) int {
 		// The `run` that would have left the group is gone (killed, or the
 		// container was detached from it): leave for it, and end the group
 		// when no member is alive, so its shared memory is not left mounted.
-		if err := runtime.ReleaseGroupMember(ctx, *root, group, id); err != nil {
+		if err := rgroup.ReleaseMember(ctx, *root, group, id); err != nil {
 			return fail(1, "delete: %v", err)
 		}
 	}
@@ -519,36 +523,4 @@ func containerGroup(r *runtime.Runtime, id string) string {
 		return ""
 	}
 	return st.Annotations[spec.AnnotationGroup]
-}
-
-// runGroups opens the group of one `pyisolate run`: created (with the run's
-// retention) when no live group of that name exists, left when the run
-// ends; the last member on the host ends it.
-type runGroups struct {
-	root      string
-	retention time.Duration
-	g         *runtime.Group
-}
-
-func (rg *runGroups) Join(ctx context.Context, name, id string, m *spec.Manifest) (*runtime.Group, error) {
-	g, err := runtime.OpenGroup(ctx, rg.root, name, id, os.Getpid(), runtime.GroupOptions{
-		ShmSize: int64(m.Limits.ShmSize), Retention: rg.retention,
-	})
-	if err != nil {
-		return nil, err
-	}
-	for _, w := range g.Domain.Warnings() {
-		fmt.Fprintln(os.Stderr, "pyisolate: warning: "+w)
-	}
-	rg.g = g
-	return g, nil
-}
-
-func (rg *runGroups) Leave(ctx context.Context, name, id string) {
-	if rg.g == nil {
-		return
-	}
-	if _, err := rg.g.Leave(ctx, id); err != nil {
-		fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
-	}
 }

@@ -1,4 +1,4 @@
-package runtime
+package detect
 
 // Cgroup limits for a rootless runtime.
 //

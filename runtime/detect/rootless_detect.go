@@ -1,4 +1,4 @@
-package runtime
+package detect
 
 import (
 	"fmt"
@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
 )
 
 // RootlessMode is what Detect found about a rootless runtime: how ids map,
@@ -59,8 +61,8 @@ func detectRootless(env detectEnv, f hostFacts, p *Profile) {
 			egid = n
 		}
 	}
-	m := &RootlessMode{UID: f.euid, GID: egid, StateRoot: defaultStateRootFor(f.euid, os.Getenv("XDG_RUNTIME_DIR"))}
-	_, _, m.IDMapping = rootlessIDMappings(f.euid, egid, env.path("/etc"), exec.LookPath)
+	m := &RootlessMode{UID: f.euid, GID: egid, StateRoot: runtime.DefaultStateRootFor(f.euid, os.Getenv("XDG_RUNTIME_DIR"))}
+	_, _, m.IDMapping = runtime.RootlessIDMappingsFor(f.euid, egid, env.path("/etc"), exec.LookPath)
 	shm := env.path(ShmPath)
 	if st, err := env.statfs(shm); err == nil && st.Tmpfs && env.writable(shm) {
 		m.GroupShmTmpfs = true

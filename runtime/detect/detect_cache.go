@@ -1,4 +1,4 @@
-package runtime
+package detect
 
 import (
 	"context"
@@ -7,9 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
 )
 
-// ProfileCacheFile is where DetectCached records the profile, under the
+// ProfileCacheFile is where Cached records the profile, under the
 // runtime's root.
 const ProfileCacheFile = "host-profile.json"
 
@@ -19,18 +21,18 @@ type cachedProfile struct {
 	Profile *Profile `json:"profile"`
 }
 
-// DetectCached is Detect for the run path: the namespace probes cost a few
+// Cached is Host for the run path: the namespace probes cost a few
 // child processes (tens of milliseconds), so their result is kept in
 // <root>/host-profile.json and reused while nothing it depends on changed:
 // the boot, the sysctls and SELinux state that restrict user namespaces,
 // the caller's capabilities and uid, and this binary. The host paths,
 // /dev/shm and the memory total are read afresh every time. Any problem with the cache falls back
 // to a full Detect.
-func DetectCached(ctx context.Context, root string) (*Profile, error) {
+func Cached(ctx context.Context, root string) (*Profile, error) {
 	env := hostEnv()
 	key, err := profileKey(env)
 	if err != nil {
-		return Detect(ctx)
+		return Host(ctx)
 	}
 	path := filepath.Join(root, ProfileCacheFile)
 	if b, err := os.ReadFile(path); err == nil {
@@ -65,10 +67,10 @@ func DetectCached(ctx context.Context, root string) (*Profile, error) {
 }
 
 // mkdirStateRoot makes the state root for the cache: 0711 as root, the
-// caller's own 0700 directory rootless (ensureRootlessDir).
+// caller's own 0700 directory rootless (EnsureRootlessDir).
 func mkdirStateRoot(root string) error {
-	if Rootless() {
-		return ensureRootlessDir(root)
+	if runtime.Rootless() {
+		return runtime.EnsureRootlessDir(root)
 	}
 	return os.MkdirAll(root, 0o711)
 }
