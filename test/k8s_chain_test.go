@@ -263,9 +263,15 @@ state = %q
 // waits for CRI and its network to be ready.
 func (e *k8sEnv) startContainerd(t *testing.T) {
 	t.Helper()
+	if err := e.start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *k8sEnv) start() error {
 	logf, err := os.OpenFile(e.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	fmt.Fprintf(logf, "=== k8s chain: starting containerd %s\n", time.Now().Format(time.RFC3339Nano))
 	c := exec.Command(e.containerdBin, "--config", e.config)
@@ -275,7 +281,8 @@ func (e *k8sEnv) startContainerd(t *testing.T) {
 	c.Env = append(os.Environ(), "PATH="+filepath.Join(e.host, "usr/local/bin")+":"+filepath.Dir(e.containerdBin)+":"+os.Getenv("PATH"))
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.Start(); err != nil {
-		t.Fatal(err)
+		logf.Close()
+		return err
 	}
 	logf.Close()
 	exited := make(chan struct{})
@@ -286,15 +293,15 @@ func (e *k8sEnv) startContainerd(t *testing.T) {
 		info, err := e.crictlRun(10*time.Second, "info")
 		if err == nil && strings.Contains(info, `"NetworkReady"`) && !strings.Contains(info, "cni config load failed") &&
 			!strings.Contains(info, "cni plugin not initialized") {
-			return
+			return nil
 		}
 		select {
 		case <-exited:
-			t.Fatalf("containerd exited:\n%s", e.logTail())
+			return fmt.Errorf("containerd exited:\n%s", e.logTail())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("containerd's CRI (and its network) did not come up in 90s: %v\n%s\n%s", err, criTail(info, 2000), e.logTail())
+			return fmt.Errorf("containerd's CRI (and its network) did not come up in 90s: %v\n%s\n%s", err, criTail(info, 2000), e.logTail())
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -339,8 +346,19 @@ func (e *k8sEnv) shimsOfSocket() []string {
 }
 
 func (e *k8sEnv) cleanup(t *testing.T) {
-	// The example pod first (ours), then the rest (runc's).
-	e.criEnv.cleanup(t)
+	// A run that failed while containerd was down (ended by the installer)
+	// gets it back, so that the pods are removed through CRI rather than
+	// their shims killed under running containers.
+	if e.containerd != nil {
+		select {
+		case <-e.exited:
+			if err := e.start(); err != nil {
+				t.Logf("cleanup: restarting containerd to remove the pods: %v", err)
+			}
+		default:
+		}
+	}
+	e.criEnv.cleanup(t) // pods (rmp -fa), containerd, our shims, mounts, the directory
 	for _, p := range e.shimsOfSocket() {
 		var pid int
 		fmt.Sscanf(p, "%d:", &pid)
