@@ -42,18 +42,18 @@ import (
 // only check that the bundle was prepared, and fail the create with the
 // command to run when it was not.
 
-// LoadBundleSpec reads <bundle>/config.json.
+// LoadBundleSpec reads <bundle>/config.json (spec.ReadConfig: a FIFO or
+// other non-regular file is refused, not waited on).
 func LoadBundleSpec(bundle string) (*specs.Spec, error) {
 	p := filepath.Join(bundle, pspec.ConfigFile)
-	data, err := os.ReadFile(p)
+	s, err := pspec.ReadConfig(p)
 	if err != nil {
 		return nil, fmt.Errorf("read bundle config: %w", err)
 	}
-	var s specs.Spec
-	if err := json.Unmarshal(data, &s); err != nil {
-		return nil, fmt.Errorf("bundle config %s: %w", p, err)
+	if s == nil {
+		return nil, fmt.Errorf("read bundle config: %s: %w", p, os.ErrNotExist)
 	}
-	return &s, nil
+	return s, nil
 }
 
 // WriteBundleSpec replaces <bundle>/config.json with s, atomically (a

@@ -38,7 +38,7 @@ func TestValidateID(t *testing.T) {
 	}
 	// A group name follows the same rule except that the state root's
 	// reserved names are fine: groups live in a directory of their own.
-	if err := checkName("group name", "rootfs"); err != nil {
+	if err := CheckName("group name", "rootfs"); err != nil {
 		t.Errorf("group rootfs: %v", err)
 	}
 }

@@ -200,8 +200,8 @@ func (r *Runtime) reclaim(ctx context.Context, id string) error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if group != "" {
-		if err := ReleaseGroupMember(ctx, r.root(), group, id); err != nil {
+	if group != "" && r.ReleaseGroup != nil {
+		if err := r.ReleaseGroup(ctx, r.root(), group, id); err != nil {
 			return err
 		}
 	}

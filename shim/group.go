@@ -2,91 +2,13 @@ package shim
 
 import (
 	"context"
-	"errors"
-	"os"
 
 	"github.com/containerd/log"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
-	"github.com/pyisolate/pyisolate-oci/spec"
-	"github.com/pyisolate/pyisolate-oci/tensoripc"
+	"github.com/pyisolate/pyisolate-oci/runtime/group"
 )
-
-// shimGroup is an isolation group as this shim holds it: the members it
-// serves share the group's /dev/shm tmpfs and socket directory (members
-// served by other shims or by `pyisolate run` join the same files on the
-// host). The shim watches the group's shared memory while it serves members.
-type shimGroup struct {
-	g       *runtime.Group
-	members map[string]bool
-	cancel  context.CancelFunc
-}
-
-// joinGroup adds container id to group name, opening (or creating) the
-// group on first use in this shim.
-func (s *service) joinGroup(ctx context.Context, name, id string, m *spec.Manifest) (*runtime.Group, error) {
-	s.gmu.Lock()
-	defer s.gmu.Unlock()
-	if sg := s.groups[name]; sg != nil {
-		if err := sg.g.Join(ctx, id, os.Getpid()); err != nil {
-			return nil, err
-		}
-		sg.members[id] = true
-		return sg.g, nil
-	}
-	g, err := runtime.OpenGroup(ctx, s.rt.Root, name, id, os.Getpid(), runtime.GroupOptions{ShmSize: int64(m.Limits.ShmSize)})
-	if err != nil {
-		return nil, err
-	}
-	for _, w := range g.Domain.Warnings() {
-		log.G(ctx).WithField("group", name).Warn(w)
-	}
-	wctx, cancel := context.WithCancel(context.WithoutCancel(s.ctx))
-	go func() {
-		warn := func(p tensoripc.Pressure) { log.G(wctx).WithField("group", name).Warn(p.Message) }
-		if err := g.Domain.WatchPressure(wctx, warn); err != nil && !errors.Is(err, context.Canceled) {
-			log.G(wctx).WithError(err).WithField("group", name).Warn("watch group shared memory")
-		}
-	}()
-	s.groups[name] = &shimGroup{g: g, members: map[string]bool{id: true}, cancel: cancel}
-	return g, nil
-}
-
-// registerMember records the host pid of a member's init, so that the
-// segments it makes are attributed to it.
-func (s *service) registerMember(ctx context.Context, name, id string, pid int) {
-	s.gmu.Lock()
-	sg := s.groups[name]
-	s.gmu.Unlock()
-	if sg == nil {
-		return
-	}
-	if err := sg.g.Join(ctx, id, pid); err != nil {
-		log.G(ctx).WithError(err).Warn("register group member")
-	}
-}
-
-// leaveGroup records that member id exited; the group ends with its last
-// member on the host.
-func (s *service) leaveGroup(ctx context.Context, name, id string) {
-	s.gmu.Lock()
-	defer s.gmu.Unlock()
-	sg := s.groups[name]
-	if sg == nil || !sg.members[id] {
-		return
-	}
-	delete(sg.members, id)
-	if _, err := sg.g.Leave(ctx, id); err != nil {
-		log.G(ctx).WithError(err).WithField("group", name).Warn("leave group")
-	}
-	if len(sg.members) == 0 {
-		sg.cancel()
-		delete(s.groups, name)
-	}
-}
 
 // explainSIGBUS logs, for a process of c killed by SIGBUS, whether its
 // group's /dev/shm was full and who holds it (torch filling a segment of a
@@ -95,13 +17,11 @@ func (s *service) explainSIGBUS(c *container, execID string, st runtime.ExitStat
 	if st.Signal != unix.SIGBUS || c.group == "" {
 		return
 	}
-	s.gmu.Lock()
-	sg := s.groups[c.group]
-	s.gmu.Unlock()
-	if sg == nil {
+	g := s.groups.Get(c.group)
+	if g == nil {
 		return
 	}
-	why, _ := sg.g.Domain.ExplainSIGBUS(s.ctx)
+	why, _ := g.Domain.ExplainSIGBUS(s.ctx)
 	l := log.G(s.ctx).WithField("id", c.id).WithField("group", c.group)
 	if execID != "" {
 		l = l.WithField("exec", execID)
@@ -109,30 +29,15 @@ func (s *service) explainSIGBUS(c *container, execID string, st runtime.ExitStat
 	l.Warnf("container %s was killed by SIGBUS: %s", c.id, why)
 }
 
-// injectDevices runs hooks.InjectDevices for member id of g (nil for a
-// plain spec), as `pyisolate run` does; an unknown device or a broken CDI
-// spec is an invalid request.
-func injectDevices(ctx context.Context, s *specs.Spec, g *runtime.Group, id string) error {
-	var ipcNS func() string
-	if g != nil {
-		ipcNS = func() string { return g.IPCNamespace(ctx, id) }
-	}
-	err := hooks.InjectDevices(ctx, s, hooks.CDIOptions{}, ipcNS)
-	if hooks.IsUserError(err) {
-		return invalid("pyisolate: %v", err)
-	}
-	return err
-}
-
 // endAbandonedGroups ends the groups under root whose members all died
 // (used by the delete action after a shim was killed).
 func endAbandonedGroups(ctx context.Context, root string) {
-	names, err := runtime.ListGroups(root)
+	names, err := group.List(root)
 	if err != nil {
 		return
 	}
 	for _, n := range names {
-		g, err := runtime.LoadGroup(root, n)
+		g, err := group.Load(root, n)
 		if err != nil {
 			continue
 		}

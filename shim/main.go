@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/plugin"
 	"github.com/containerd/plugin/registry"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pyisolate/pyisolate-oci/spec"
@@ -210,11 +211,9 @@ func start(f shimFlags) (string, error) {
 // (io.pyisolate.group annotation, or the group of the manifest in
 // pyisolate.json or io.pyisolate.manifest), else the container alone.
 func groupID(bundle, id string) string {
-	var cfg struct {
-		Annotations map[string]string `json:"annotations"`
-	}
-	if data, err := os.ReadFile(filepath.Join(bundle, spec.ConfigFile)); err == nil {
-		_ = json.Unmarshal(data, &cfg)
+	var cfg specs.Spec
+	if s, err := spec.ReadConfig(filepath.Join(bundle, spec.ConfigFile)); err == nil && s != nil {
+		cfg = *s
 	}
 	if g := cfg.Annotations["io.kubernetes.cri.sandbox-id"]; g != "" {
 		return g

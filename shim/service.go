@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
@@ -52,8 +53,8 @@ type service struct {
 	host     spec.Host
 	hostErr  error
 
-	gmu    sync.Mutex
-	groups map[string]*shimGroup
+	// groups are the isolation groups of the members this shim serves.
+	groups *sandbox.SharedGroups
 }
 
 // container is one task: its init process and its exec processes.
@@ -70,7 +71,9 @@ type container struct {
 	// policy is the level a plain container runs under; "" for an
 	// extension (the manifest's sandbox).
 	policy spec.Policy
-	c      *runtime.Container
+	// prep is what the sandbox core prepared; released at Delete.
+	prep *sandbox.Container
+	c    *runtime.Container
 	// mu orders events: Start and Exec-start hold it while they publish,
 	// the exit watchers take it before they publish an exit.
 	mu    sync.Mutex
@@ -87,12 +90,14 @@ func newService(ctx context.Context, publisher cdshim.Publisher, sd shutdown.Ser
 	s := &service{
 		ctx:        ctx,
 		ns:         ns,
-		rt:         &runtime.Runtime{Root: stateRoot(ns)},
+		rt:         sandbox.NewRuntime(stateRoot(ns)),
 		events:     make(chan any, 128),
 		shutdown:   sd,
 		publisher:  publisher,
 		containers: map[string]*container{},
-		groups:     map[string]*shimGroup{},
+		groups: sandbox.NewSharedGroups(ctx, stateRoot(ns), func(group, msg string) {
+			log.G(ctx).WithField("group", group).Warn(msg)
+		}),
 	}
 	go s.forward(ctx, publisher)
 	if address, err := cdshim.ReadAddress("address"); err == nil {
@@ -183,9 +188,7 @@ func (c *container) getProc(execID string) (process, error) {
 // id reservation and its entry.
 func (s *service) forget(ctx context.Context, c *container) {
 	_ = os.Remove(filepath.Join(c.bundle, initPidFile))
-	if c.group != "" {
-		s.leaveGroup(ctx, c.group, c.id)
-	}
+	c.prep.Release(ctx)
 	c.res.Release()
 	s.mu.Lock()
 	delete(s.containers, c.id)

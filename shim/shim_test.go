@@ -213,35 +213,6 @@ func TestExecSpec(t *testing.T) {
 	}
 }
 
-func TestGroupOnlyBundle(t *testing.T) {
-	write := func(annotations map[string]string, manifest bool) string {
-		dir := t.TempDir()
-		b, _ := json.Marshal(specs.Spec{Annotations: annotations})
-		os.WriteFile(filepath.Join(dir, spec.ConfigFile), b, 0o644)
-		if manifest {
-			os.WriteFile(filepath.Join(dir, spec.ManifestFile), []byte("{}"), 0o644)
-		}
-		return dir
-	}
-	for _, tc := range []struct {
-		name        string
-		annotations map[string]string
-		manifest    bool
-		want        bool
-	}{
-		{"group only", map[string]string{spec.AnnotationFieldGroup: "g", "other": "x"}, false, true},
-		{"group and outputs", map[string]string{spec.AnnotationFieldGroup: "g", spec.AnnotationGroup: "g"}, false, true},
-		{"no group", map[string]string{"other": "x"}, false, false},
-		{"group and a manifest field", map[string]string{spec.AnnotationFieldGroup: "g", "io.pyisolate.memory": "1Gi"}, false, false},
-		{"manifest file", map[string]string{spec.AnnotationFieldGroup: "g"}, true, false},
-	} {
-		s, err := groupOnlyBundle(write(tc.annotations, tc.manifest))
-		if err != nil || (s != nil) != tc.want {
-			t.Errorf("%s: %v %v, want group-only %v", tc.name, s != nil, err, tc.want)
-		}
-	}
-}
-
 func TestShimParseFlags(t *testing.T) {
 	f, ok := parseFlags([]string{"-namespace", "k8s.io", "-id", "c1", "-address", "/run/c.sock", "-bundle", "/b", "-debug", "delete"})
 	if !ok || f.namespace != "k8s.io" || f.id != "c1" || f.address != "/run/c.sock" || f.bundle != "/b" || !f.debug || f.action != "delete" {
@@ -252,15 +223,7 @@ func TestShimParseFlags(t *testing.T) {
 	}
 }
 
-func TestIsEmptyDirAndDirOf(t *testing.T) {
-	dir := t.TempDir()
-	if !isEmptyDir(dir) || isEmptyDir(filepath.Join(dir, "missing")) {
-		t.Error("isEmptyDir of an empty or missing directory")
-	}
-	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
-	if isEmptyDir(dir) {
-		t.Error("isEmptyDir of a directory with a file")
-	}
+func TestDirOf(t *testing.T) {
 	for in, want := range map[string]string{"/a/b/c": "/a/b", "/a": "/", "rel": "/"} {
 		if got := dirOf(in); got != want {
 			t.Errorf("dirOf(%q) = %q, want %q", in, got, want)

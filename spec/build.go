@@ -196,6 +196,11 @@ type Options struct {
 	// IDMapBase and IDMapSize set the user namespace mapping. Zero gives
 	// DefaultIDMapBase and DefaultIDMapSize.
 	IDMapBase, IDMapSize uint32
+	// UIDMappings and GIDMappings, when set, replace that single mapping:
+	// a rootless runtime maps container id 0 to the caller's own id (and
+	// more ids to its /etc/subuid range when newuidmap is there); see
+	// runtime.RootlessIDMappings.
+	UIDMappings, GIDMappings []specs.LinuxIDMapping
 }
 
 // Degradation names one part of the sandbox that a restricted host makes the
@@ -232,6 +237,21 @@ func Degradations(r Restriction) []Degradation {
 	return nil
 }
 
+// HostDegradations returns everything a spec built for host h drops: those of
+// its restriction model (Degradations), the cgroup limits of a rootless host
+// without a delegated cgroup v2 subtree, and seccomp where the kernel or the
+// binary lacks it. It is nil for a full sandbox.
+func HostDegradations(h Host) []Degradation {
+	drop := Degradations(h.Restriction)
+	if h.Rootless && !h.CgroupDelegated && !slices.Contains(drop, DropCgroupLimits) {
+		drop = append(drop, DropCgroupLimits)
+	}
+	if !h.Seccomp {
+		drop = append(drop, DropSeccomp)
+	}
+	return drop
+}
+
 // Build turns a validated manifest into the OCI runtime spec of its sandbox
 // for host h. It is a pure function: it reads no files. Paths in m must be
 // the resolved paths CheckPaths returns.
@@ -251,10 +271,7 @@ func Build(m *Manifest, h Host, o Options) (*specs.Spec, error) {
 	if err := CheckHostLimits(m.Limits, h); err != nil {
 		return nil, err
 	}
-	b := &builder{m: m, h: h, o: o, drop: Degradations(h.Restriction)}
-	if !h.Seccomp {
-		b.drop = append(b.drop, DropSeccomp)
-	}
+	b := &builder{m: m, h: h, o: o, drop: HostDegradations(h)}
 	s := &specs.Spec{
 		Version:     specs.Version,
 		Root:        &specs.Root{Path: o.Rootfs, Readonly: true},
@@ -471,7 +488,15 @@ func (b *builder) mounts() []specs.Mount {
 		add("/proc", "proc", "proc", "nosuid", "noexec", "nodev")
 		add("/dev", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k")
 		add("/dev/pts", "devpts", "devpts", "nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620")
-		add("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro")
+		if b.h.Rootless && m.Sandbox.Network {
+			// sysfs may be mounted only by the owner of the network
+			// namespace: a rootless container sharing the host's network
+			// gets a read-only bind of the host's /sys instead (what
+			// `runc spec --rootless` writes).
+			add("/sys", "bind", "/sys", "rbind", "nosuid", "noexec", "nodev", "ro")
+		} else {
+			add("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro")
+		}
 	}
 	// Private /tmp before the binds, as bwrap orders it: a module, venv or
 	// user path that lives under the host's /tmp is bound on top of it
@@ -607,6 +632,10 @@ func (b *builder) linux(s *specs.Spec) *specs.Linux {
 		l.Namespaces = append(l.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
 		l.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: size}}
 		l.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: size}}
+		if len(o.UIDMappings) > 0 && len(o.GIDMappings) > 0 {
+			l.UIDMappings = slices.Clone(o.UIDMappings)
+			l.GIDMappings = slices.Clone(o.GIDMappings)
+		}
 	}
 	if !b.dropped(DropCgroupLimits) {
 		l.CgroupsPath = o.CgroupsPath

@@ -617,3 +617,80 @@ func TestBuildTorchTempDir(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildRootless: a rootless host maps container root to the caller's
+// ids (Options' mappings), keeps every namespace, seccomp, the dropped
+// capabilities and no_new_privileges; without a delegated cgroup it drops
+// the limits, saying so; with one it keeps them at the delegated path.
+// Sharing the host's network, /sys is a read-only bind (sysfs needs a
+// network namespace of the user's own).
+func TestBuildRootless(t *testing.T) {
+	uids := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 1}}
+	gids := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1001, Size: 1}, {ContainerID: 1, HostID: 200000, Size: 65536}}
+	tests := []struct {
+		name      string
+		delegated bool
+		network   bool
+	}{
+		{"no delegation", false, false},
+		{"delegated cgroup", true, false},
+		{"host network", false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := fullHost()
+			h.Rootless, h.CgroupDelegated, h.MemTotal = true, tc.delegated, 8<<30
+			m := sampleManifest()
+			m.Sandbox.Network = tc.network
+			o := sampleOptions()
+			o.UIDMappings, o.GIDMappings = uids, gids
+			if tc.delegated {
+				o.CgroupsPath = "/user.slice/run-u1.scope/pyisolate/c1"
+			}
+			s := mustBuild(t, m, h, o)
+			if !slices.Equal(s.Linux.UIDMappings, uids) || !slices.Equal(s.Linux.GIDMappings, gids) {
+				t.Errorf("mappings %v %v, want %v %v", s.Linux.UIDMappings, s.Linux.GIDMappings, uids, gids)
+			}
+			want := []specs.LinuxNamespaceType{specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace,
+				specs.MountNamespace, specs.CgroupNamespace, specs.NetworkNamespace, specs.UserNamespace}
+			if tc.network {
+				want = slices.DeleteFunc(want, func(n specs.LinuxNamespaceType) bool { return n == specs.NetworkNamespace })
+			}
+			if got := nsTypes(s); !slices.Equal(got, want) {
+				t.Errorf("namespaces %v, want %v", got, want)
+			}
+			if s.Linux.Seccomp == nil || !s.Process.NoNewPrivileges || len(s.Process.Capabilities.Bounding) != 0 {
+				t.Errorf("seccomp %v, no_new_privileges %v, bounding %v", s.Linux.Seccomp != nil, s.Process.NoNewPrivileges, s.Process.Capabilities.Bounding)
+			}
+			degraded := DegradedList(s)
+			r := s.Linux.Resources
+			if tc.delegated {
+				if len(degraded) != 0 || s.Linux.CgroupsPath != o.CgroupsPath || r.Memory == nil || r.Pids == nil {
+					t.Errorf("delegated: degraded %v, cgroupsPath %q, memory %v, pids %v", degraded, s.Linux.CgroupsPath, r.Memory, r.Pids)
+				}
+			} else if !slices.Equal(degraded, []string{string(DropCgroupLimits)}) || s.Linux.CgroupsPath != "" || r.Memory != nil || r.Pids != nil || r.CPU != nil {
+				t.Errorf("no delegation: degraded %v, cgroupsPath %q, memory %v, pids %v, cpu %v", degraded, s.Linux.CgroupsPath, r.Memory, r.Pids, r.CPU)
+			}
+			for _, mt := range s.Mounts {
+				if mt.Destination != "/sys" {
+					continue
+				}
+				if tc.network && (mt.Type != "bind" || !slices.Contains(mt.Options, "ro")) {
+					t.Errorf("/sys with the host's network: %+v, want a read-only bind", mt)
+				}
+				if !tc.network && mt.Type != "sysfs" {
+					t.Errorf("/sys with a private network: %+v, want sysfs", mt)
+				}
+			}
+		})
+	}
+	h := fullHost()
+	h.Rootless = true
+	if got := HostDegradations(h); !slices.Equal(got, []Degradation{DropCgroupLimits}) {
+		t.Errorf("HostDegradations(rootless) = %v", got)
+	}
+	h.Rootless = false
+	if got := HostDegradations(h); got != nil {
+		t.Errorf("HostDegradations(root) = %v, want nil", got)
+	}
+}

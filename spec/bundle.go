@@ -44,7 +44,7 @@ func LoadBundle(bundle string) (*Manifest, *specs.Spec, error) {
 	if !fi.IsDir() {
 		return nil, nil, fmt.Errorf("bundle %s: not a directory", bundle)
 	}
-	spec, err := readConfig(filepath.Join(bundle, ConfigFile))
+	spec, err := ReadConfig(filepath.Join(bundle, ConfigFile))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -86,8 +86,11 @@ func bundleManifest(bundle string, spec *specs.Spec) (m *Manifest, source string
 	return m, source, nil
 }
 
-// readConfig reads and decodes config.json; a missing file gives nil, nil.
-func readConfig(file string) (*specs.Spec, error) {
+// ReadConfig reads and decodes a config.json: the one reader of that file
+// (LoadBundle, the sandbox core, the shim's start and the OCI hooks use it).
+// A missing file gives nil, nil; what is not a regular file is refused
+// without blocking on it; syntax errors name the line and column.
+func ReadConfig(file string) (*specs.Spec, error) {
 	data, err := readBundleFile(file, MaxConfigSize, true)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil

@@ -4,7 +4,7 @@ package spec
 // container runtime to do with user namespaces and privileges.
 type Restriction string
 
-// The restriction models, as decided by runtime.Detect.
+// The restriction models, as decided by detect.Host (runtime/detect).
 const (
 	// RestrictionNone means nothing is restricted: every namespace works.
 	RestrictionNone Restriction = "none"
@@ -40,7 +40,7 @@ func (r Restriction) ForbidsUserNamespaces() bool {
 }
 
 // Host is what the spec builder needs to know about the machine. It is filled
-// by runtime.Detect (see runtime.Profile.SpecHost) and by hand in tests, which
+// by detect.Host (see detect.Profile.SpecHost in runtime/detect) and by hand in tests, which
 // keeps Build a pure function.
 type Host struct {
 	// Restriction is the host's restriction model.
@@ -56,6 +56,17 @@ type Host struct {
 	// tmpfs may be larger (see CheckHostLimits). Zero means unknown: no
 	// default memory limit and no cap.
 	MemTotal int64
+	// Rootless reports that the runtime runs without root (euid != 0) in
+	// the host's user namespace: every container gets a user namespace that
+	// maps the caller's own ids (Options.UIDMappings), mounts are those an
+	// unprivileged user namespace allows, and cgroup limits need
+	// CgroupDelegated.
+	Rootless bool
+	// CgroupDelegated reports, for a rootless runtime, that a cgroup v2
+	// subtree with the memory and pids controllers is delegated to the
+	// caller, so that limits can be set. Without it Build drops them
+	// (DropCgroupLimits). Ignored when Rootless is false.
+	CgroupDelegated bool
 }
 
 // has reports whether p is listed in h.Paths.

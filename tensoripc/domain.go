@@ -26,6 +26,13 @@ const DefaultRetention = 30 * time.Second
 // tmpfs and uses a plain directory instead.
 const FileBackedWarning = "file-backed fallback: tensors cross through the page cache; copies happen"
 
+// SharedTmpfsWarning is the warning a domain records when it could not mount
+// a tmpfs of its own (not root) but its directory already lies on a tmpfs
+// (the host's /dev/shm, a per-user $XDG_RUNTIME_DIR): segments are still
+// shared zero-copy, but the kernel enforces no per-group size; the quota is
+// only watched (Pressure, ExplainENOSPC, ExplainSIGBUS).
+const SharedTmpfsWarning = "no tmpfs of its own (mounting one needs root): segments live in a private directory on a shared tmpfs, zero-copy; the quota is watched, not enforced"
+
 // MountFunc mounts a filesystem; it has the signature of unix.Mount.
 type MountFunc func(source, target, fstype string, flags uintptr, data string) error
 
@@ -51,6 +58,9 @@ type Options struct {
 	// the host or as its innermost namespaced pid (/proc/<pid>/status NSpid);
 	// ambiguous matches resolve to nothing.
 	ResolvePID func(pid int) (memberID string, ok bool)
+	// IsTmpfs reports whether a directory lies on a tmpfs; default: statfs
+	// (tests replace it). Create asks it when mounting was refused.
+	IsTmpfs func(dir string) bool
 	// ProcRoot is the procfs mount to read; default "/proc".
 	ProcRoot string
 	// NoHugePages mounts the tmpfs without transparent huge pages; by
@@ -84,15 +94,18 @@ type Domain struct {
 
 // state is what the state directory's state.json holds.
 type state struct {
-	Group     string                    `json:"group"`
-	Dir       string                    `json:"dir"`
-	Size      int64                     `json:"size"`
-	Mounted   bool                      `json:"mounted"`
-	Warnings  []string                  `json:"warnings,omitempty"`
-	Retention time.Duration             `json:"retention_ns"`
-	Created   time.Time                 `json:"created"`
-	Members   map[string]*memberRecord  `json:"members"`
-	Segments  map[string]*segmentRecord `json:"segments"`
+	Group   string `json:"group"`
+	Dir     string `json:"dir"`
+	Size    int64  `json:"size"`
+	Mounted bool   `json:"mounted"`
+	// SharedTmpfs: not mounted by Create, but the directory lies on a
+	// tmpfs (see SharedTmpfsWarning). Segments are then memory, not files.
+	SharedTmpfs bool                      `json:"shared_tmpfs,omitempty"`
+	Warnings    []string                  `json:"warnings,omitempty"`
+	Retention   time.Duration             `json:"retention_ns"`
+	Created     time.Time                 `json:"created"`
+	Members     map[string]*memberRecord  `json:"members"`
+	Segments    map[string]*segmentRecord `json:"segments"`
 }
 
 type memberRecord struct {
@@ -148,13 +161,20 @@ func (o Options) withDefaults(dir string) Options {
 	if o.ProcRoot == "" {
 		o.ProcRoot = "/proc"
 	}
+	if o.IsTmpfs == nil {
+		o.IsTmpfs = onTmpfs
+	}
 	return o
 }
 
 // Create makes the shared-memory domain of a group at dir: it mounts a tmpfs
 // of opts.Size bytes there (mode 01777, nosuid,nodev,noexec). Where mounting a
 // tmpfs is not allowed (EPERM/EACCES, e.g. not root) or not possible (ENODEV)
-// it falls back to a plain directory and records FileBackedWarning. dir must
+// it uses the directory as it is: when the directory lies on a tmpfs already
+// (the rootless runtime puts it in a private directory of the host's
+// /dev/shm) the segments are still shared memory, zero-copy, and
+// SharedTmpfsWarning is recorded; only on any other filesystem is the domain
+// file-backed, with FileBackedWarning. dir must
 // be absent or an empty directory, and no domain may already be recorded for
 // it.
 func Create(ctx context.Context, dir string, opts Options) (*Domain, error) {
@@ -202,7 +222,12 @@ func Create(ctx context.Context, dir string, opts Options) (*Domain, error) {
 	case err == nil:
 		st.Mounted = true
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES), errors.Is(err, unix.ENODEV):
-		st.Warnings = append(st.Warnings, fmt.Sprintf("shm group %s: %s (mounting a tmpfs at %s failed: %v)", opts.Group, FileBackedWarning, abs, err))
+		if opts.IsTmpfs(abs) {
+			st.SharedTmpfs = true
+			st.Warnings = append(st.Warnings, fmt.Sprintf("shm group %s: %s (%s of %s)", opts.Group, SharedTmpfsWarning, abs, HumanBytes(opts.Size)))
+			break
+		}
+		st.Warnings = append(st.Warnings, fmt.Sprintf("shm group %s: %s (mounting a tmpfs at %s failed: %v, and it lies on no tmpfs)", opts.Group, FileBackedWarning, abs, err))
 	default:
 		return nil, fmt.Errorf("create shm domain: mount tmpfs at %s (%s): %w", abs, data, err)
 	}
@@ -260,12 +285,31 @@ func (d *Domain) StateDir() string { return d.stateDir }
 // Group is the group's name as used in messages.
 func (d *Domain) Group() string { return d.opts.Group }
 
-// FileBacked reports whether the domain is a plain directory rather than a
-// tmpfs mounted by Create (see FileBackedWarning).
+// FileBacked reports whether the domain is a plain directory on a disk
+// filesystem rather than memory: neither a tmpfs mounted by Create nor a
+// directory on a shared tmpfs (see FileBackedWarning).
 func (d *Domain) FileBacked() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return !d.st.Mounted
+	return !d.st.Mounted && !d.st.SharedTmpfs
+}
+
+// SharedTmpfs reports whether the domain is a directory on a tmpfs that
+// Create did not mount (see SharedTmpfsWarning): zero-copy, but its quota is
+// not enforced by the kernel.
+func (d *Domain) SharedTmpfs() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.st.SharedTmpfs
+}
+
+// tmpfsMagic is TMPFS_MAGIC, statfs's f_type of a tmpfs.
+const tmpfsMagic = 0x01021994
+
+// onTmpfs reports whether dir lies on a tmpfs.
+func onTmpfs(dir string) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(dir, &fs) == nil && int64(fs.Type) == tmpfsMagic
 }
 
 // Warnings returns the warnings recorded when the domain was created.

@@ -95,11 +95,15 @@ func TestCreateFallback(t *testing.T) {
 		mountErr   error
 		wantErr    error
 		fileBacked bool
+		// onTmpfs: the directory lies on a tmpfs already (rootless, in
+		// the host's /dev/shm): shared memory without a mount of its own.
+		onTmpfs bool
 	}{
-		{"EPERM falls back", unix.EPERM, nil, true},
-		{"EACCES falls back", unix.EACCES, nil, true},
-		{"ENODEV falls back", unix.ENODEV, nil, true},
-		{"EINVAL is an error", unix.EINVAL, unix.EINVAL, false},
+		{"EPERM falls back", unix.EPERM, nil, true, false},
+		{"EACCES falls back", unix.EACCES, nil, true, false},
+		{"ENODEV falls back", unix.ENODEV, nil, true, false},
+		{"EINVAL is an error", unix.EINVAL, unix.EINVAL, false, false},
+		{"EPERM on a tmpfs shares it", unix.EPERM, nil, false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -112,7 +116,8 @@ func TestCreateFallback(t *testing.T) {
 				}
 				return tt.mountErr
 			}
-			d, err := Create(context.Background(), dir, Options{Group: "g", Size: 1 << 20, Mount: mount, NoHugePages: true})
+			isTmpfs := func(string) bool { return tt.onTmpfs }
+			d, err := Create(context.Background(), dir, Options{Group: "g", Size: 1 << 20, Mount: mount, NoHugePages: true, IsTmpfs: isTmpfs})
 			if gotData != "size=1048576,mode=1777" {
 				t.Errorf("mount data %q", gotData)
 			}
@@ -129,19 +134,23 @@ func TestCreateFallback(t *testing.T) {
 				t.Fatalf("Create: %v", err)
 			}
 			defer d.Destroy(context.Background())
-			if !d.FileBacked() {
-				t.Errorf("FileBacked false after %v", tt.mountErr)
+			want := FileBackedWarning
+			if tt.onTmpfs {
+				want = SharedTmpfsWarning
 			}
-			if w := d.Warnings(); len(w) != 1 || !strings.Contains(w[0], FileBackedWarning) {
-				t.Errorf("warnings %q, want one with %q", w, FileBackedWarning)
+			if d.FileBacked() != tt.fileBacked || d.SharedTmpfs() != tt.onTmpfs {
+				t.Errorf("after %v: FileBacked %v, SharedTmpfs %v; want %v, %v", tt.mountErr, d.FileBacked(), d.SharedTmpfs(), tt.fileBacked, tt.onTmpfs)
+			}
+			if w := d.Warnings(); len(w) != 1 || !strings.Contains(w[0], want) {
+				t.Errorf("warnings %q, want one with %q", w, want)
 			}
 			fi, err := os.Stat(dir)
 			if err != nil || fi.Mode()&os.ModeSticky == 0 || fi.Mode().Perm() != 0o777 {
 				t.Errorf("fallback dir mode %v (%v), want drwxrwxrwt", fi.Mode(), err)
 			}
 			o, err := Open(dir, Options{})
-			if err != nil || !o.FileBacked() || len(o.Warnings()) != 1 {
-				t.Errorf("Open of a file-backed domain: %v, file-backed %v", err, o != nil && o.FileBacked())
+			if err != nil || o.FileBacked() != tt.fileBacked || o.SharedTmpfs() != tt.onTmpfs || len(o.Warnings()) != 1 {
+				t.Errorf("Open of the domain: %v, file-backed %v", err, o != nil && o.FileBacked())
 			}
 			if err := d.Destroy(context.Background()); err != nil || exists(t, dir) {
 				t.Errorf("Destroy: %v, dir left: %v", err, exists(t, dir))
@@ -251,4 +260,56 @@ func TestCreateHugePages(t *testing.T) {
 		}
 	}
 	t.Errorf("%s not in mountinfo", d.Dir())
+}
+
+// TestCreateSharedTmpfsReal: where mounting is refused (as for a rootless
+// runtime) a domain made in a directory of the real /dev/shm tmpfs is shared
+// memory, not file-backed: statfs sees the tmpfs, and the quota is watched.
+func TestCreateSharedTmpfsReal(t *testing.T) {
+	if !onTmpfs("/dev/shm") {
+		t.Skip("skipped: /dev/shm is not a tmpfs on this host")
+	}
+	base, err := os.MkdirTemp("/dev/shm", "tensoripc-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	d, err := Create(context.Background(), filepath.Join(base, "shm"), Options{Group: "g", Size: 1 << 20, Mount: eperm})
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	defer d.Destroy(context.Background())
+	if d.FileBacked() || !d.SharedTmpfs() {
+		t.Errorf("FileBacked %v, SharedTmpfs %v; want false, true", d.FileBacked(), d.SharedTmpfs())
+	}
+	u, err := d.Usage(context.Background())
+	if err != nil || u.Quota != 1<<20 {
+		t.Errorf("Usage: quota %d (%v), want the configured 1 MiB", u.Quota, err)
+	}
+	if onTmpfs(t.TempDir()) != isTmpfsByMountinfo(t, t.TempDir()) {
+		t.Errorf("onTmpfs disagrees with mountinfo for %s", t.TempDir())
+	}
+}
+
+// isTmpfsByMountinfo reports whether the longest mount point holding dir is
+// a tmpfs, by /proc/self/mountinfo.
+func isTmpfsByMountinfo(t *testing.T, dir string) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Skip(err)
+	}
+	best, typ := "", ""
+	for _, l := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 1 {
+			continue
+		}
+		mp := f[4]
+		if (dir == mp || strings.HasPrefix(dir, strings.TrimSuffix(mp, "/")+"/")) && len(mp) >= len(best) {
+			best, typ = mp, g[0]
+		}
+	}
+	return typ == "tmpfs"
 }

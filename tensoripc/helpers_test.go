@@ -45,6 +45,9 @@ func needPython(t *testing.T, module string) {
 	}
 }
 
+// notTmpfs makes Create treat every directory as lying on a disk.
+func notTmpfs(string) bool { return false }
+
 // eperm simulates a host where mounting a tmpfs is not allowed.
 func eperm(string, string, string, uintptr, string) error { return unix.EPERM }
 
@@ -57,6 +60,7 @@ func newDomain(t *testing.T, tmpfs bool, opts Options) *Domain {
 		needRoot(t)
 	} else {
 		opts.Mount = eperm
+		opts.IsTmpfs = notTmpfs // file-backed even where t.TempDir() is a tmpfs
 	}
 	if opts.Group == "" {
 		opts.Group = "g"

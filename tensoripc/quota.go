@@ -117,6 +117,8 @@ func (d *Domain) ExplainENOSPC(ctx context.Context) string {
 	fmt.Fprintf(&b, "shm group %s is out of space (no space left on device): %s of %s used", u.Group, HumanBytes(u.Used), HumanBytes(u.Quota))
 	if d.FileBacked() {
 		fmt.Fprintf(&b, " (file-backed: the filesystem holding %s is full; the quota is not enforced)", d.dir)
+	} else if d.SharedTmpfs() {
+		fmt.Fprintf(&b, " (rootless: %s lies on a tmpfs shared with other users of it, which may be full before the quota is; the quota is not enforced)", d.dir)
 	}
 	b.WriteString(".")
 	d.writeOwners(&b, u)
@@ -168,10 +170,14 @@ func (d *Domain) ExplainSIGBUS(ctx context.Context) (text string, full bool) {
 		return fmt.Sprintf("the usage of shm group %s could not be read: %v", d.opts.Group, err), false
 	}
 	free := u.Quota - u.Used
-	if d.FileBacked() {
+	if d.FileBacked() || d.SharedTmpfs() {
+		// The filesystem, not the quota, runs out first: on a shared tmpfs
+		// whichever is smaller.
 		var fs unix.Statfs_t
 		if unix.Statfs(d.dir, &fs) == nil {
-			free = int64(fs.Bavail) * fs.Bsize
+			if avail := int64(fs.Bavail) * fs.Bsize; d.FileBacked() || avail < free {
+				free = avail
+			}
 		}
 	}
 	full = u.Quota > 0 && free < max(FullMargin, u.Quota/100)

@@ -1,9 +1,10 @@
 package test
 
 // BenchmarkStart (make bench): start-to-exit wall time of `/bin/true` and
-// of `/usr/bin/python3 -c pass` under `pyisolate run` (the CLI binary),
-// `runc run` and `crun run` on the same bundle, and bwrap with pyisolate's
-// arguments. Every iteration runs each runtime once per workload, in an
+// of `/usr/bin/python3 -c pass` under `pyisolate run` (the CLI binary), as
+// root and as the ordinary user 65534 (pyisolate-rootless, the user bwrap
+// runs as too), `runc run` and `crun run` on the same bundle, and bwrap with
+// pyisolate's arguments. Every iteration runs each runtime once per workload, in an
 // order that rotates from one iteration to the next (round robin), so that
 // load on the machine hits all of them alike. Medians are reported as
 // metrics (pyisolate-true-ms, runc-python-ms, ...) and as a table with the
@@ -183,6 +184,20 @@ func BenchmarkStart(b *testing.B) {
 		})
 	}
 
+	// pyisolate run as an ordinary user (rootless, uid 65534, its own
+	// XDG_RUNTIME_DIR): the same bundle, next to bwrap, which runs as that
+	// user too.
+	var rlUsr *rlUser
+	if tools.pyisolate == "" {
+		add("pyisolate-rootless", "bin/pyisolate unavailable: "+tools.whyNoPyisolate, nil)
+	} else {
+		rlUsr = rlNewUser(b, fx, 65534)
+		add("pyisolate-rootless", "", func(w string) error {
+			argv := append([]string{"/usr/bin/env", "XDG_RUNTIME_DIR=" + rlUsr.xdg, tools.pyisolate, "run", "--id", nextID("rl"), fx.bundle, "--"}, benchArgv(w)...)
+			return benchRun(rlUsr.cred, argv...)
+		})
+	}
+
 	// runc and crun on the same bundles.
 	ociDirs := map[string]string{}
 	if _, ok := secLookPath("runc"); ok {
@@ -270,6 +285,9 @@ func BenchmarkStart(b *testing.B) {
 			b.Errorf("pyisolate leak after the benchmark: %s", l)
 		}
 	}
+	if rlUsr != nil {
+		rlCheckNoLeaks(b, rlUsr, fx, fmt.Sprintf("bench-rl-%d-", os.Getpid()))
+	}
 	for _, name := range []string{"runc", "crun"} {
 		if ents, _ := os.ReadDir(filepath.Join(fx.base, name+"-state")); len(ents) > 0 {
 			b.Errorf("%s left %d containers in its state dir", name, len(ents))
@@ -292,6 +310,9 @@ func BenchmarkStart(b *testing.B) {
 	}
 	if r, ok := benchRatio(medians, "pyisolate", "runc", "python"); ok {
 		b.ReportMetric(r, "pyisolate/runc-python")
+	}
+	if r, ok := benchRatio(medians, "pyisolate-rootless", "bwrap", "true"); ok {
+		b.ReportMetric(r, "rootless/bwrap-true")
 	}
 	// The table goes to stdout (b.Log output of benchmarks is cut to 10
 	// lines), once: for the final run, not the N=1 probe run before it.

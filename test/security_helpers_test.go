@@ -509,7 +509,7 @@ func secCheckNoLeaks(t testing.TB, root, base, id string) {
 	}
 }
 
-// secProfileCache is runtime.ProfileCacheFile: the host profile `pyisolate
+// secProfileCache is detect.ProfileCacheFile: the host profile `pyisolate
 // run` caches under its root, which is not a container's state.
 const secProfileCache = "host-profile.json"
 

@@ -254,9 +254,10 @@ type secColumn struct {
 	err     string // why the column is empty
 }
 
-// TestSecurityReport runs the probe under pyisolate, runc's default spec and
-// bwrap with pyisolate's arguments, and prints them side by side. It asserts
-// only on pyisolate's column: every check blocked.
+// TestSecurityReport runs the probe under pyisolate (as root and rootless, as
+// uid 65534), runc's default spec and bwrap with pyisolate's arguments, and
+// prints them side by side. It asserts only on pyisolate's columns: every
+// check blocked, rootless too.
 func TestSecurityReport(t *testing.T) {
 	tools := secSetup(t)
 	fx := newSecFixture(t, tools)
@@ -301,6 +302,14 @@ func TestSecurityReport(t *testing.T) {
 			c.err += strings.ReplaceAll(secTmpHint(fx, r), "\n", " ")
 		}
 		cols = append(cols, c)
+	}
+
+	// (a') pyisolate run as an ordinary user (uid 65534): rootless.
+	if tools.pyisolate == "" {
+		cols = append(cols, column("pyisolate rootless", nil, secRunResult{}, "bin/pyisolate unavailable: "+tools.whyNoPyisolate))
+	} else {
+		rs, r := rlRunProbe(t, tools, fx)
+		cols = append(cols, column("pyisolate rootless", rs, r, ""))
 	}
 
 	// (b) runc run with `runc spec`'s default config.
@@ -386,6 +395,20 @@ func TestSecurityReport(t *testing.T) {
 			t.Errorf("pyisolate: %s is NOT blocked: %s", c.name, c.problem)
 		}
 	}
+	rl := cols[1]
+	if rl.err != "" {
+		t.Fatalf("pyisolate rootless: %s", rl.err)
+	}
+	for _, c := range secRequiredChecks {
+		if _, ok := rl.results[c]; !ok {
+			t.Errorf("pyisolate rootless: required check %s missing from the probe output", c)
+		}
+	}
+	for _, name := range order {
+		if p, ok := rl.results[name]; ok && !p.Blocked {
+			t.Errorf("pyisolate rootless: %s is NOT blocked: %s", name, p.Detail)
+		}
+	}
 }
 
 // secFormatReport prints the side-by-side table, the totals and, per
@@ -394,6 +417,7 @@ func secFormatReport(order []string, cols []secColumn) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Sandbox probe (test/probe), %d checks; BLOCKED = the sandbox refuses it\n", len(order))
 	fmt.Fprintf(&b, "bwrap runs as uid 65534 with pyisolate's build_bwrap_command arguments (restriction model none, no GPU)\n")
+	fmt.Fprintf(&b, "pyisolate rootless runs as uid 65534 with its own XDG_RUNTIME_DIR and no capability (no cgroup limits here: no delegated cgroup v2)\n")
 	fmt.Fprintf(&b, "pyisolate and runc are handed a host directory fd and a host file fd (3, 4) that they must not pass on\n\n")
 	w := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
 	fmt.Fprint(w, "check")

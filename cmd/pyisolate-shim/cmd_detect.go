@@ -11,7 +11,7 @@ import (
 
 	"github.com/pyisolate/pyisolate-oci/gpu"
 	"github.com/pyisolate/pyisolate-oci/hooks"
-	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/runtime/detect"
 	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
@@ -40,7 +40,7 @@ func generatedDevices(ctx context.Context) ([]string, error) {
 // detectReport is detect's JSON: the host profile's fields, and the GPU
 // readiness under "gpu".
 type detectReport struct {
-	*runtime.Profile
+	*detect.Profile
 	GPU hooks.CUDAReport `json:"gpu"`
 }
 
@@ -51,11 +51,11 @@ func init() {
 // detectMain is "pyisolate detect [--json]". It exits 0 when detection
 // worked, restricted host or not, and 1 when it failed.
 func detectMain(args []string) int {
-	return runDetect(context.Background(), args, os.Stdout, runtime.Detect)
+	return runDetect(context.Background(), args, os.Stdout, detect.Host)
 }
 
 // runDetect is detectMain with its output and detector given.
-func runDetect(ctx context.Context, args []string, w io.Writer, detect func(context.Context) (*runtime.Profile, error)) int {
+func runDetect(ctx context.Context, args []string, w io.Writer, detect func(context.Context) (*detect.Profile, error)) int {
 	fs := newFlagSet("detect", "[--json]\n\nShows what this host allows: restriction model, cgroups, seccomp, /dev/shm, GPUs and CUDA IPC.")
 	asJSON := fs.Bool("json", false, "print the host profile as JSON")
 	if code := parseFlags(fs, args); code >= 0 {
@@ -92,7 +92,7 @@ var degradationText = map[spec.Degradation]string{
 
 // formatProfile renders p for people: one line per fact, each problem
 // followed by a "remedy:" line.
-func formatProfile(p *runtime.Profile) string {
+func formatProfile(p *detect.Profile) string {
 	var b strings.Builder
 	line := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
 	remedy := func(r string) {
@@ -110,6 +110,18 @@ func formatProfile(p *runtime.Profile) string {
 	if p.Restriction == spec.RestrictionUnsupported {
 		return b.String()
 	}
+	if m := p.RootlessMode; p.Rootless && m != nil {
+		line("rootless: yes (uid %d, gid %d; state in %s)", m.UID, m.GID, m.StateRoot)
+		line("  ids: %s", m.IDMapping)
+		line("  group shm: %s", m.GroupShm)
+		if d := m.CgroupDelegation; d != nil {
+			line("  cgroup limits: enforced in the delegated cgroup %s (controllers: %s)", d.Path, strings.Join(d.Controllers, " "))
+		} else {
+			line("  cgroup limits: not enforced (%s): %s", strings.Join(m.NotEnforced, ", "), m.NoDelegationReason)
+		}
+	} else {
+		line("rootless: no (root)")
+	}
 	line("cgroups: %s", cgroupText(p))
 	line("seccomp: %s", seccompText(p))
 	line("%s: %s", p.Shm.Path, shmText(p.Shm))
@@ -125,7 +137,7 @@ func formatProfile(p *runtime.Profile) string {
 	line("host paths: %s", pathsText(p.Paths))
 	line("degraded: %s", degradedText(p))
 	for _, w := range p.Warnings {
-		text, fix, _ := strings.Cut(w, runtime.WarningRemedySep)
+		text, fix, _ := strings.Cut(w, detect.WarningRemedySep)
 		line("warning: %s", text)
 		remedy(fix)
 	}
@@ -133,20 +145,20 @@ func formatProfile(p *runtime.Profile) string {
 }
 
 // cgroupText describes the cgroup layout.
-func cgroupText(p *runtime.Profile) string {
+func cgroupText(p *detect.Profile) string {
 	switch p.CgroupVersion {
-	case runtime.CgroupV2:
+	case detect.CgroupV2:
 		return fmt.Sprintf("v2 (unified at %s)", p.CgroupV2Path)
-	case runtime.CgroupHybrid:
+	case detect.CgroupHybrid:
 		return fmt.Sprintf("hybrid (v1 controllers at %s + v2 at %s)", p.CgroupRoot, p.CgroupV2Path)
-	case runtime.CgroupV1:
+	case detect.CgroupV1:
 		return fmt.Sprintf("v1 (controllers at %s)", p.CgroupRoot)
 	}
 	return "not mounted"
 }
 
 // seccompText describes seccomp support.
-func seccompText(p *runtime.Profile) string {
+func seccompText(p *detect.Profile) string {
 	if !p.Seccomp {
 		return "not supported by the kernel"
 	}
@@ -161,7 +173,7 @@ func seccompText(p *runtime.Profile) string {
 }
 
 // shmText describes /dev/shm's size and state.
-func shmText(s runtime.Shm) string {
+func shmText(s detect.Shm) string {
 	if !s.Exists {
 		return "missing"
 	}
@@ -174,7 +186,7 @@ func shmText(s runtime.Shm) string {
 
 // pathsText counts the candidate host paths present and names the missing.
 func pathsText(have []string) string {
-	all := append(slices.Clone(runtime.SystemPaths), runtime.EtcAllowList...)
+	all := append(slices.Clone(detect.SystemPaths), detect.EtcAllowList...)
 	var missing []string
 	for _, p := range all {
 		if !slices.Contains(have, p) {
@@ -189,16 +201,13 @@ func pathsText(have []string) string {
 }
 
 // degradedText lists what the spec builder drops for this host.
-func degradedText(p *runtime.Profile) string {
+func degradedText(p *detect.Profile) string {
 	if err := unsandboxable(p, os.Geteuid()); err != nil {
 		// The spec builder still has a degraded spec for no-caps (`pyisolate
 		// spec --restriction no-caps` prints it), but run does not start it.
 		return "no sandbox possible: 'pyisolate run' refuses to start extensions here (see the remedy)"
 	}
-	drop := spec.Degradations(p.Restriction)
-	if !p.SpecHost().Seccomp {
-		drop = append(drop, spec.DropSeccomp)
-	}
+	drop := spec.HostDegradations(p.SpecHost())
 	if len(drop) == 0 {
 		return "nothing (full sandbox)"
 	}

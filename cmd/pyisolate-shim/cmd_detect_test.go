@@ -11,40 +11,40 @@ import (
 	"testing"
 
 	"github.com/pyisolate/pyisolate-oci/hooks"
-	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/runtime/detect"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
 // detectProfile is a restricted host profile for output tests.
-func detectProfile() *runtime.Profile {
-	return &runtime.Profile{
+func detectProfile() *detect.Profile {
+	return &detect.Profile{
 		Restriction:        spec.RestrictionAppArmor,
 		RestrictionReason:  "clone(CLONE_NEWUSER) failed: EACCES with kernel.apparmor_restrict_unprivileged_userns=1",
-		Remedy:             runtime.RemedyFor(spec.RestrictionAppArmor),
+		Remedy:             detect.RemedyFor(spec.RestrictionAppArmor),
 		UnprivilegedReason: "user namespaces fail for the runtime too",
-		CgroupVersion:      runtime.CgroupHybrid,
+		CgroupVersion:      detect.CgroupHybrid,
 		CgroupRoot:         "/sys/fs/cgroup",
 		CgroupV2Path:       "/sys/fs/cgroup/unified",
 		Seccomp:            true,
 		SeccompActions:     []string{"kill_process", "errno", "allow"},
 		SeccompBuiltIn:     true,
-		Shm:                runtime.Shm{Path: "/dev/shm", Exists: true, Writable: true, SizeBytes: 64 << 20, FreeBytes: 50 << 20, Warning: "/dev/shm has 50 MiB free", Remedy: "docker run --shm-size=2g"},
-		Paths:              append([]string{}, runtime.SystemPaths[:2]...),
+		Shm:                detect.Shm{Path: "/dev/shm", Exists: true, Writable: true, SizeBytes: 64 << 20, FreeBytes: 50 << 20, Warning: "/dev/shm has 50 MiB free", Remedy: "docker run --shm-size=2g"},
+		Paths:              append([]string{}, detect.SystemPaths[:2]...),
 		Kernel:             "6.8.0-31-generic",
-		Warnings:           []string{"running rootless" + runtime.WarningRemedySep + "use Delegate=yes", "no remedy here"},
+		Warnings:           []string{"running rootless" + detect.WarningRemedySep + "use Delegate=yes", "no remedy here"},
 	}
 }
 
 func TestDetectHuman(t *testing.T) {
 	var out bytes.Buffer
-	fake := func(context.Context) (*runtime.Profile, error) { return detectProfile(), nil }
+	fake := func(context.Context) (*detect.Profile, error) { return detectProfile(), nil }
 	if code := runDetect(context.Background(), nil, &out, fake); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	got := out.String()
 	t.Log("\n" + got)
 	for _, want := range []string{
-		"restriction model: apparmor (clone(CLONE_NEWUSER) failed: EACCES with kernel.apparmor_restrict_unprivileged_userns=1)\n  remedy: run 'sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0'",
+		"restriction model: apparmor (clone(CLONE_NEWUSER) failed: EACCES with kernel.apparmor_restrict_unprivileged_userns=1)\n  remedy: let the pyisolate binary keep user namespaces, as Ubuntu does for chosen programs: 'sudo pyisolate install --apparmor'",
 		"unprivileged userns: blocked (user namespaces fail for the runtime too)\n",
 		"cgroups: hybrid (v1 controllers at /sys/fs/cgroup + v2 at /sys/fs/cgroup/unified)\n",
 		"seccomp: supported (actions: kill_process errno allow)\n",
@@ -57,6 +57,54 @@ func TestDetectHuman(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q", want)
 		}
+	}
+}
+
+// TestDetectHumanRootless: detect run by an ordinary user says rootless,
+// how ids map, where group shared memory lives, and which limits are not
+// enforced, with the delegation remedy; with a delegation it says where
+// limits go and degrades nothing.
+func TestDetectHumanRootless(t *testing.T) {
+	p := detectProfile()
+	p.Restriction, p.Remedy, p.Unprivileged = spec.RestrictionNone, "", true
+	p.RestrictionReason = "user namespaces work for the runtime (rootless: no CAP_SYS_ADMIN)"
+	p.Rootless = true
+	p.Warnings = []string{"rootless: memory, pids and CPU limits are not enforced (cgroups are hybrid here)" +
+		detect.WarningRemedySep + detect.DelegationRemedy}
+	p.RootlessMode = &detect.RootlessMode{
+		UID: 1000, GID: 1000, StateRoot: "/run/user/1000/pyisolate",
+		IDMapping:          "container root is uid 1000, gid 1000",
+		GroupShm:           "a private 0700 directory on the tmpfs /dev/shm",
+		GroupShmTmpfs:      true,
+		NoDelegationReason: "cgroups are hybrid here",
+		NotEnforced:        []string{"limits.memory", "limits.pids"},
+	}
+	got := formatProfile(p)
+	for _, want := range []string{
+		"rootless: yes (uid 1000, gid 1000; state in /run/user/1000/pyisolate)\n",
+		"  ids: container root is uid 1000, gid 1000\n",
+		"  group shm: a private 0700 directory on the tmpfs /dev/shm\n",
+		"  cgroup limits: not enforced (limits.memory, limits.pids): cgroups are hybrid here\n",
+		"degraded: cgroup-limits (no memory, pids or CPU limits)\n",
+		"  remedy: run pyisolate in a delegated cgroup v2 scope of your systemd user manager: 'systemd-run --user --scope -p Delegate=yes",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+	p.RootlessMode.CgroupDelegation = &detect.CgroupDelegation{Path: "/user.slice/run-u1.scope", Controllers: []string{"memory", "pids"}}
+	got = formatProfile(p)
+	for _, want := range []string{
+		"  cgroup limits: enforced in the delegated cgroup /user.slice/run-u1.scope (controllers: memory pids)\n",
+		"degraded: nothing (full sandbox)\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("with a delegation, output lacks %q:\n%s", want, got)
+		}
+	}
+	p.Rootless, p.RootlessMode = false, nil
+	if got := formatProfile(p); !strings.Contains(got, "rootless: no (root)\n") {
+		t.Errorf("as root, output lacks rootless: no:\n%s", got)
 	}
 }
 
@@ -81,14 +129,14 @@ func TestDetectHumanUnrestricted(t *testing.T) {
 }
 
 func TestDetectExitCodes(t *testing.T) {
-	ok := func(context.Context) (*runtime.Profile, error) { return detectProfile(), nil }
-	broken := func(context.Context) (*runtime.Profile, error) {
+	ok := func(context.Context) (*detect.Profile, error) { return detectProfile(), nil }
+	broken := func(context.Context) (*detect.Profile, error) {
 		return nil, errors.New("read /proc/self/status: no such file")
 	}
 	tests := []struct {
 		name   string
 		args   []string
-		detect func(context.Context) (*runtime.Profile, error)
+		detect func(context.Context) (*detect.Profile, error)
 		want   int
 	}{
 		{"restricted host", nil, ok, 0},
@@ -112,11 +160,11 @@ func TestDetectExitCodes(t *testing.T) {
 // its --json output.
 func TestDetectJSONReal(t *testing.T) {
 	var out bytes.Buffer
-	if code := runDetect(context.Background(), []string{"--json"}, &out, runtime.Detect); code != 0 {
+	if code := runDetect(context.Background(), []string{"--json"}, &out, detect.Host); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	var got struct {
-		runtime.Profile
+		detect.Profile
 		GPU *hooks.CUDAReport `json:"gpu"`
 	}
 	dec := json.NewDecoder(&out)
@@ -164,7 +212,7 @@ func TestDetectGPU(t *testing.T) {
 		return hooks.Readiness(ctx, hooks.ReadinessOptions{SpecDirs: []string{cdiDir}, ProcDriver: procDriver, DevDir: devDir,
 			LookPath: func(string) (string, error) { return "", errors.New("not found") }})
 	}
-	fake := func(context.Context) (*runtime.Profile, error) { return detectProfile(), nil }
+	fake := func(context.Context) (*detect.Profile, error) { return detectProfile(), nil }
 	for _, tc := range []struct {
 		name      string
 		removeCDI bool
@@ -227,7 +275,7 @@ func TestUnsandboxable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := detectProfile()
-			p.Restriction, p.RestrictionReason, p.Remedy = tc.model, "probe says no", runtime.RemedyFor(tc.model)
+			p.Restriction, p.RestrictionReason, p.Remedy = tc.model, "probe says no", detect.RemedyFor(tc.model)
 			p.CgroupReadOnly = tc.cgroupRO
 			err := unsandboxable(p, tc.euid)
 			if (err != nil) != (tc.refused != nil) {

@@ -31,6 +31,15 @@ func installMain(verb string, args []string) int {
 	driverRoot := fs.String("driver-root", "/", "where the host's root (driver files, /dev) is seen, e.g. /host in the installer pod; the spec names host paths")
 	var cdiDirs cdiStrings
 	fs.Var(&cdiDirs, "cdi-spec-dir", "CDI spec directory where another file may already define nvidia.com/gpu (repeatable; default /etc/cdi and /var/run/cdi under --driver-root)")
+	apparmor := fs.Bool("apparmor", false, "only the AppArmor profile: "+map[string]string{
+		"install":   "write /etc/apparmor.d/pyisolate, letting the binary create user namespaces where kernel.apparmor_restrict_unprivileged_userns=1 (Ubuntu 23.10+), and load it",
+		"uninstall": "unload and remove /etc/apparmor.d/pyisolate",
+	}[verb])
+	apparmorDir := fs.String("apparmor-dir", install.DefaultAppArmorDir, "directory of AppArmor profiles (with --apparmor)")
+	var apparmorBinary *string
+	if verb == "install" {
+		apparmorBinary = fs.String("apparmor-binary", "", "binary the AppArmor profile attaches to (default: this binary, symbolic links resolved)")
+	}
 	var source *string
 	var version *int
 	var containerd, policy *string
@@ -45,6 +54,13 @@ func installMain(verb string, args []string) int {
 	}
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "%s: unexpected argument %q", verb, fs.Arg(0))
+	}
+	if *apparmor {
+		ao := install.AppArmorOptions{Dir: *apparmorDir, DryRun: *dryRun}
+		if apparmorBinary != nil {
+			ao.Binary = *apparmorBinary
+		}
+		return apparmorMain(verb, ao)
 	}
 	o := install.Options{
 		ContainerdConfig: *cfg,
@@ -161,4 +177,49 @@ func reportInstall(verb string, o *install.Options, res *install.Result) {
 	for _, n := range res.Notes {
 		p("%s", n)
 	}
+}
+
+// apparmorMain is `install --apparmor` and `uninstall --apparmor`.
+func apparmorMain(verb string, o install.AppArmorOptions) int {
+	p := func(format string, a ...any) { fmt.Printf("pyisolate "+verb+": "+format+"\n", a...) }
+	ctx := context.Background()
+	var res *install.AppArmorResult
+	var err error
+	if verb == "install" {
+		if o.Binary == "" {
+			if o.Binary, err = os.Executable(); err == nil {
+				o.Binary, err = filepath.EvalSymlinks(o.Binary)
+			}
+			if err != nil {
+				return fail(1, "install: --apparmor: this binary's path: %v", err)
+			}
+		}
+		res, err = install.InstallAppArmor(ctx, o)
+	} else {
+		res, err = install.UninstallAppArmor(ctx, o)
+	}
+	if res != nil {
+		if o.DryRun {
+			os.Stdout.Write(res.Profile)
+			p("dry run: nothing written")
+		}
+		for _, n := range res.Notes {
+			p("%s", n)
+		}
+		switch {
+		case err != nil:
+		case verb == "install" && !o.DryRun:
+			state := map[bool]string{true: "written", false: "unchanged"}[res.Changed]
+			if res.Loaded {
+				state += ", loaded"
+			}
+			p("AppArmor profile %s for %s: %s (userns rule: %v)", res.Path, o.Binary, state, res.Userns)
+		case verb == "uninstall" && res.Changed:
+			p("AppArmor profile %s removed", res.Path)
+		}
+	}
+	if err != nil {
+		return fail(1, "%s: %v", verb, err)
+	}
+	return 0
 }

@@ -21,8 +21,10 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/pyisolate/pyisolate-oci/hooks"
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/runtime/detect"
+	rgroup "github.com/pyisolate/pyisolate-oci/runtime/group"
+	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
@@ -90,7 +92,7 @@ func runMain(args []string) int {
 		"group share a /dev/shm tmpfs and a socket directory (/run/pyisolate). A bundle\n"+
 		"whose config.json sets process.terminal needs stdin to be a terminal.")
 	group := fs.String("group", "", groupFlagHelp)
-	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	id := fs.String("id", "", idFlagHelp+" (default: the extension name and a random suffix)")
 	retention := fs.Duration("shm-retention", 0, "how long an exited member's shared-memory segments are kept (default 30s; set when the group is created)")
 	policyName := fs.String("policy", string(spec.DefaultPolicy), "policy for a plain bundle (no manifest): hardened refuses privileged requests and applies its floors, faithful runs it as runc would")
@@ -119,6 +121,11 @@ func runMain(args []string) int {
 		Bundle: bundle, Group: *group, Root: *root, ID: *id, Command: cmd, Retention: *retention, Policy: policy,
 	})
 }
+
+// rootFlagHelp is the help of the --root flags, whose default follows the
+// user (runtime.DefaultStateRoot).
+const rootFlagHelp = "state directory of the runtime (default for root: " + runtime.DefaultRoot +
+	"; for other users $XDG_RUNTIME_DIR/pyisolate, a directory only they can enter)"
 
 // Help of the --id and --group flags, which say the rules checkIDFlags
 // applies.
@@ -170,13 +177,11 @@ func runBundle(ctx context.Context, req runRequest) int {
 	if err != nil {
 		return fail(exitUsage, "run: bundle %q: %v", req.Bundle, err)
 	}
-	m, plain, err := spec.LoadBundle(bundle)
+	ld, err := sandbox.Load(bundle)
 	if err != nil {
 		return fail(exitUsage, "run: %v", err)
 	}
-	if m == nil && plain == nil {
-		return fail(exitUsage, "run: bundle %s: no %s, no %s", bundle, spec.ManifestFile, spec.ConfigFile)
-	}
+	m, plain := ld.Manifest, ld.Config
 	if code := checkBundle(ctx, req.Root, bundle, m, plain); code >= 0 {
 		return code
 	}
@@ -188,7 +193,7 @@ func runBundle(ctx context.Context, req runRequest) int {
 		}
 		id = newID(name)
 	}
-	r := &runtime.Runtime{Root: req.Root}
+	r := sandbox.NewRuntime(req.Root)
 	// Containers of runs that died are deleted first, then the id is
 	// reserved before anything is made for it: a busy id fails here, and
 	// nothing of the container that holds it is touched.
@@ -200,42 +205,32 @@ func runBundle(ctx context.Context, req runRequest) int {
 		return fail(exitRuntime, "run: %v", err)
 	}
 	defer res.Release() // last: after the container is deleted and the group left
-	var s *specs.Spec
-	var g *runtime.Group
-	if m == nil {
-		// A plain OCI bundle: its config.json with our defaults on top.
-		s, err = applyPolicy(ctx, req.Root, req.Policy, plain)
-	} else {
-		group := req.Group
-		if group == "" {
-			group = m.Group
-		}
-		g, err = runtime.OpenGroup(ctx, req.Root, group, id, os.Getpid(), runtime.GroupOptions{
-			ShmSize: int64(m.Limits.ShmSize), Retention: req.Retention,
-		})
-		if err != nil {
-			return fail(exitRuntime, "run: %v", err)
-		}
-		defer leaveGroup(g, id)
-		for _, w := range g.Domain.Warnings() {
-			fmt.Fprintln(os.Stderr, "pyisolate: warning: "+w)
-		}
-		s, err = buildSpec(ctx, r, bundle, id, req.Group, g, m)
-	}
-	if err == nil {
-		err = injectDevices(ctx, s, g, id)
-	}
+	c, err := sandbox.Prepare(ctx, sandbox.Request{
+		Bundle: bundle, ID: id, Runtime: r, Loaded: ld, Group: req.Group, Policy: req.Policy,
+		Groups: &sandbox.RunGroups{Root: req.Root, Retention: req.Retention, Warn: func(msg string) {
+			fmt.Fprintln(os.Stderr, "pyisolate: warning: "+msg)
+		}}, HostEnv: os.Environ(),
+	})
 	if err != nil {
 		_ = r.Delete(ctx, id, true) // the empty rootfs, if made
-		var be *bundleError
-		if errors.As(err, &be) {
+		if sandbox.IsUserError(err) {
 			return fail(exitUsage, "run: %v", err)
 		}
 		return fail(exitRuntime, "run: %v", err)
 	}
+	defer c.Release(context.WithoutCancel(ctx))
+	s, g := c.Spec, c.Group
 	if d := spec.DegradedList(s); len(d) > 0 {
-		fmt.Fprintf(os.Stderr, "pyisolate: warning: degraded sandbox (restriction model %s): dropped %s\n",
-			s.Annotations[spec.AnnotationRestriction], strings.Join(d, ", "))
+		model := s.Annotations[spec.AnnotationRestriction]
+		why := ""
+		if runtime.Rootless() {
+			model += ", rootless"
+			if slices.Contains(d, string(spec.DropCgroupLimits)) {
+				why = " (memory, pids and CPU limits are not enforced: no delegated cgroup v2 subtree; 'pyisolate detect' says how to get one)"
+			}
+		}
+		fmt.Fprintf(os.Stderr, "pyisolate: warning: degraded sandbox (restriction model %s): dropped %s%s\n",
+			model, strings.Join(d, ", "), why)
 	}
 	if len(req.Command) > 0 {
 		if s.Process == nil {
@@ -298,7 +293,7 @@ func checkBundle(ctx context.Context, root, bundle string, m *spec.Manifest, pla
 	}
 	// Detection caches the profile under root: the bundle's own errors
 	// come first.
-	prof, err := runtime.DetectCached(ctx, root)
+	prof, err := detect.Cached(ctx, root)
 	if err != nil {
 		return fail(exitRuntime, "run: detect host: %v", err)
 	}
@@ -310,6 +305,12 @@ func checkBundle(ctx context.Context, root, bundle string, m *spec.Manifest, pla
 	}
 	if err := spec.CheckHostLimits(m.Limits, prof.SpecHost()); err != nil {
 		return fail(exitUsage, "run: %v", err)
+	}
+	if prof.Rootless && prof.Restriction.ForbidsUserNamespaces() {
+		// Without root every namespace hangs off a user namespace: there
+		// is nothing to degrade to.
+		return fail(exitRuntime, "run: rootless, and user namespaces are blocked here (restriction model %s: %s): "+
+			"a sandbox needs them without root; remedy: %s", prof.Restriction, prof.RestrictionReason, prof.Remedy)
 	}
 	return -1
 }
@@ -326,71 +327,16 @@ func checkBundle(ctx context.Context, root, bundle string, m *spec.Manifest, pla
 //     none of its memory, pids and CPU limits. A rootless runtime
 //     (euid != 0) is not refused: libcontainer skips the cgroups it cannot
 //     write to, and detect warns about the missing limits.
-func unsandboxable(p *runtime.Profile, euid int) error {
+func unsandboxable(p *detect.Profile, euid int) error {
 	switch {
 	case p.Restriction == spec.RestrictionNoCaps:
 		return fmt.Errorf("no sandbox can be made here: restriction model %s (%s): without CAP_SYS_ADMIN "+
 			"and without user namespaces the runtime can create no mount, namespace or cgroup, and it does "+
 			"not run extensions unsandboxed; remedy: %s", p.Restriction, p.RestrictionReason, p.Remedy)
 	case p.CgroupReadOnly && euid == 0:
-		return fmt.Errorf("no sandbox can be made here: %s; remedy: %s", runtime.CgroupReadOnlyWarning, runtime.CgroupReadOnlyRemedy)
+		return fmt.Errorf("no sandbox can be made here: %s; remedy: %s", detect.CgroupReadOnlyWarning, detect.CgroupReadOnlyRemedy)
 	}
 	return nil
-}
-
-// leaveGroup records that member id exited; the last member ends the group.
-func leaveGroup(g *runtime.Group, id string) {
-	if _, err := g.Leave(context.Background(), id); err != nil {
-		fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
-	}
-}
-
-// applyPolicy gives a plain OCI bundle's spec the policy asked for
-// (--policy, tightened by the spec's io.pyisolate.policy annotation).
-func applyPolicy(ctx context.Context, root string, node spec.Policy, plain *specs.Spec) (*specs.Spec, error) {
-	p, err := node.Tighten(plain.Annotations[spec.AnnotationPolicy])
-	if err != nil {
-		return nil, &bundleError{err}
-	}
-	prof, err := runtime.DetectCached(ctx, root)
-	if err != nil {
-		return nil, fmt.Errorf("detect host: %w", err)
-	}
-	s, err := spec.ApplyPolicy(plain, p, prof.SpecHost(), runtime.PolicyHostChecks())
-	if err != nil {
-		return nil, &bundleError{err}
-	}
-	return s, nil
-}
-
-// injectDevices runs hooks.InjectDevices for member id of g (nil for a
-// plain bundle); an unknown device or a broken CDI spec is the user's error.
-func injectDevices(ctx context.Context, s *specs.Spec, g *runtime.Group, id string) error {
-	var ipcNS func() string
-	if g != nil {
-		ipcNS = func() string { return g.IPCNamespace(ctx, id) }
-	}
-	err := hooks.InjectDevices(ctx, s, hooks.CDIOptions{}, ipcNS)
-	if hooks.IsUserError(err) {
-		return &bundleError{err}
-	}
-	return err
-}
-
-// buildSpec builds the sandbox spec of an extension bundle with manifest m
-// (as spec.LoadBundle returned it) in group g, making the empty rootfs when
-// the bundle has no rootfs directory.
-func buildSpec(ctx context.Context, r *runtime.Runtime, bundle, id, group string, g *runtime.Group, m *spec.Manifest) (*specs.Spec, error) {
-	req := bundleRequest{Bundle: bundle, ID: id, Group: group, ShmDir: g.ShmDir(), SocketDir: g.SocketDir(), Root: r.Root, Manifest: m}
-	if fi, err := os.Stat(filepath.Join(bundle, "rootfs")); err != nil || !fi.IsDir() {
-		rootfs, err := r.EmptyRootfs(id)
-		if err != nil {
-			return nil, err
-		}
-		req.Rootfs = rootfs
-	}
-	s, _, err := prepareSpec(ctx, req)
-	return s, err
 }
 
 // newID makes a container id from name (reduced to the characters ids
@@ -416,7 +362,7 @@ func newID(name string) string {
 
 func psMain(args []string) int {
 	fs := newFlagSet("ps", "[--root DIR] [--json]")
-	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -424,7 +370,7 @@ func psMain(args []string) int {
 	if fs.NArg() > 0 {
 		return usageError(fs, "unexpected argument %q", fs.Arg(0))
 	}
-	r := &runtime.Runtime{Root: *root}
+	r := sandbox.NewRuntime(*root)
 	if _, err := r.ReclaimOrphans(context.Background()); err != nil {
 		fmt.Fprintf(os.Stderr, "pyisolate: warning: %v\n", err)
 	}
@@ -465,7 +411,7 @@ func killMain(args []string) int {
 	fs := newFlagSet("kill", "[--root DIR] [--all] ID [SIGNAL]\n\n"+
 		"SIGNAL is a name (TERM, SIGTERM) or a number; default TERM. Signal 0 sends\n"+
 		"nothing: it checks that the container's init is alive (exit 0, else 1).")
-	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	all := fs.Bool("all", false, "signal every process of the container, not only its init")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -483,7 +429,7 @@ func killMain(args []string) int {
 			return fail(exitUsage, "kill: %v", err)
 		}
 	}
-	c, err := (&runtime.Runtime{Root: *root}).Load(fs.Arg(0))
+	c, err := sandbox.NewRuntime(*root).Load(fs.Arg(0))
 	if err != nil {
 		return fail(1, "kill: %v", err)
 	}
@@ -530,7 +476,7 @@ func parseSignal(s string) (syscall.Signal, error) {
 
 func deleteMain(args []string) int {
 	fs := newFlagSet("delete", "[--root DIR] [--force] ID\n\nRemoves a stopped container; with --force also a running one (killed first).")
-	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	force := fs.Bool("force", false, "kill the container first if it is running")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -542,7 +488,7 @@ func deleteMain(args []string) int {
 		return code
 	}
 	ctx := context.Background()
-	r := &runtime.Runtime{Root: *root}
+	r := sandbox.NewRuntime(*root)
 	id := fs.Arg(0)
 	reclaimed, err := r.ReclaimOrphans(ctx)
 	if err != nil {
@@ -559,7 +505,7 @@ func deleteMain(args []string) int {
 		// The `run` that would have left the group is gone (killed, or the
 		// container was detached from it): leave for it, and end the group
 		// when no member is alive, so its shared memory is not left mounted.
-		if err := runtime.ReleaseGroupMember(ctx, *root, group, id); err != nil {
+		if err := rgroup.ReleaseMember(ctx, *root, group, id); err != nil {
 			return fail(1, "delete: %v", err)
 		}
 	}

@@ -64,7 +64,6 @@ func TestParseSignal(t *testing.T) {
 	}
 }
 
-
 func TestNewID(t *testing.T) {
 	for _, name := range []string{"hello", "a b/c", "..", "", strings.Repeat("x", 255)} {
 		id := newID(name)

@@ -15,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	rgroup "github.com/pyisolate/pyisolate-oci/runtime/group"
+	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
@@ -55,7 +57,7 @@ func shmMain(args []string) int {
 // the subcommand returns code: 0 after -h, exitUsage after a bad flag.
 func shmFlags(name, usage string, args []string, extra func(fs *flag.FlagSet)) (root, group string, code int, ok bool) {
 	fs := newFlagSet("shm "+name, usage)
-	rootf := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	rootf := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	groupf := fs.String("group", "", "isolation group (default: all groups)")
 	if extra != nil {
 		extra(fs)
@@ -73,17 +75,17 @@ func shmFlags(name, usage string, args []string, extra func(fs *flag.FlagSet)) (
 }
 
 // groupsOf returns the named group, or every group under root.
-func groupsOf(root, group string) ([]*runtime.Group, error) {
+func groupsOf(root, group string) ([]*rgroup.Group, error) {
 	names := []string{group}
 	if group == "" {
 		var err error
-		if names, err = runtime.ListGroups(root); err != nil {
+		if names, err = rgroup.List(root); err != nil {
 			return nil, err
 		}
 	}
-	var gs []*runtime.Group
+	var gs []*rgroup.Group
 	for _, n := range names {
-		g, err := runtime.LoadGroup(root, n)
+		g, err := rgroup.Load(root, n)
 		if err != nil {
 			return nil, err
 		}
@@ -176,7 +178,7 @@ func writeSegmentTable(w io.Writer, rows []shmSegment, now time.Time) error {
 			state += ": " + r.StateDetail
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", displayText(r.Group), displayText(r.Name), displayText(r.Owner),
-			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), list, state)
+			tensoripc.HumanBytes(r.Size), now.Sub(r.Created).Round(time.Second), list, displayText(state))
 	}
 	return tw.Flush()
 }
@@ -253,7 +255,7 @@ func shmPath(args []string) int {
 		return fail(exitUsage, "shm path: --group is required")
 	}
 	ctx := context.Background()
-	var g *runtime.Group
+	var g *rgroup.Group
 	var err error
 	if *join {
 		var sz spec.ByteSize
@@ -262,9 +264,9 @@ func shmPath(args []string) int {
 				return fail(exitUsage, "shm path: --shm-size: %v", err)
 			}
 		}
-		g, err = runtime.OpenGroup(ctx, root, group, "host", *pid, runtime.GroupOptions{ShmSize: int64(sz)})
+		g, err = sandbox.JoinHost(ctx, root, group, *pid, int64(sz))
 	} else {
-		g, err = runtime.LoadGroup(root, group)
+		g, err = rgroup.Load(root, group)
 	}
 	if err != nil {
 		return fail(1, "shm path: %v", err)

@@ -40,7 +40,8 @@ func TestWriteSegmentTable(t *testing.T) {
 	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
 	rows := []shmSegment{
 		{Group: "g", Name: "torch_1", Owner: "ext-a", Size: 1 << 20, Created: now.Add(-5 * time.Second), MappedBy: []string{"host"}},
-		{Group: "g", Name: "evil\x1b]0;owned\a\nFAKE ROW\ttab", Owner: "ext\x1b[8m", Size: 4096, Created: now, MappedBy: []string{"a\nb", "host"}},
+		{Group: "g", Name: "evil\x1b]0;owned\a\nFAKE ROW\ttab", Owner: "ext\x1b[8m", Size: 4096, Created: now, MappedBy: []string{"a\nb", "host"},
+			State: "kept", StateDetail: "owner ext\x1b[8m exited"},
 	}
 	var out bytes.Buffer
 	if err := writeSegmentTable(&out, rows, now); err != nil {
@@ -57,7 +58,7 @@ func TestWriteSegmentTable(t *testing.T) {
 		t.Fatalf("want a header and 2 rows, got %d lines:\n%s", len(lines), text)
 	}
 	for _, want := range []string{
-		strconv.Quote(rows[1].Name), strconv.Quote(rows[1].Owner), `"a\nb",host`,
+		strconv.Quote(rows[1].Name), strconv.Quote(rows[1].Owner), `"a\nb",host`, strconv.Quote("kept: owner ext\x1b[8m exited"),
 	} {
 		if !strings.Contains(lines[2], want) {
 			t.Errorf("row %q lacks %s", lines[2], want)

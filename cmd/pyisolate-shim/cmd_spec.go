@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
@@ -24,7 +24,7 @@ func specMain(args []string) int {
 	bundle := fs.String("bundle", ".", "extension bundle directory")
 	group := fs.String("group", "", groupFlagHelp)
 	id := fs.String("id", "", idFlagHelp+" (default: the extension name)")
-	root := fs.String("root", runtime.DefaultRoot, "state directory of the runtime")
+	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	restriction := fs.String("restriction", "", "build for this restriction model instead of the detected one (none, apparmor, sysctl, selinux, no-caps)")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -39,18 +39,15 @@ func specMain(args []string) int {
 		return fail(exitUsage, "spec: --restriction: unknown model %q", *restriction)
 	}
 	ctx := context.Background()
-	req := bundleRequest{Bundle: *bundle, ID: *id, Group: *group, Restriction: spec.Restriction(*restriction), Root: *root}
-	if req.ID == "" {
-		m, _, err := spec.LoadBundle(*bundle)
-		if err == nil && m != nil {
-			req.ID = m.Name
+	cid := *id
+	if cid == "" {
+		if ld, err := sandbox.Load(*bundle); err == nil && ld.Manifest != nil {
+			cid = ld.Manifest.Name
 		}
 	}
-	req.Rootfs = filepath.Join(*root, "rootfs", req.ID)
-	s, _, err := prepareSpec(ctx, req)
+	s, _, err := sandbox.Preview(ctx, *bundle, cid, *group, *root, filepath.Join(*root, "rootfs", cid), spec.Restriction(*restriction))
 	if err != nil {
-		var be *bundleError
-		if errors.As(err, &be) {
+		if sandbox.IsUserError(err) {
 			return fail(exitUsage, "spec: %v", err)
 		}
 		return fail(1, "spec: %v", err)

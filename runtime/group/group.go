@@ -1,4 +1,4 @@
-package runtime
+package group
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
@@ -23,14 +24,13 @@ import (
 //	sock/       the group's socket directory (a small tmpfs), bound at /run/pyisolate
 //	lock        flock serialising join and leave across processes
 const (
-	groupsDir     = "groups"
 	groupShm      = "shm"
 	groupSock     = "sock"
 	groupLockFile = "lock"
 )
 
-// GroupOptions configure a group when its first member creates it.
-type GroupOptions struct {
+// Options configure a group when its first member creates it.
+type Options struct {
 	// ShmSize is the tmpfs quota of the group's /dev/shm in bytes; zero gives
 	// tensoripc.DefaultSize().
 	ShmSize int64
@@ -51,9 +51,9 @@ type Group struct {
 	Domain *tensoripc.Domain
 }
 
-// GroupDir returns the directory of group name under the runtime root.
-func GroupDir(root, name string) string {
-	return filepath.Join(root, groupsDir, name)
+// Dir returns the directory of group name under the runtime root.
+func Dir(root, name string) string {
+	return filepath.Join(root, runtime.GroupsDir, name)
 }
 
 // ShmDir is the host directory of the group's shared memory.
@@ -62,17 +62,20 @@ func (g *Group) ShmDir() string { return filepath.Join(g.Dir, groupShm) }
 // SocketDir is the host directory of the group's sockets.
 func (g *Group) SocketDir() string { return filepath.Join(g.Dir, groupSock) }
 
-// OpenGroup returns group name under root with member id (host pid pid)
+// Open returns group name under root with member id (host pid pid)
 // joined, creating the group's tmpfs and socket directory when no live group
 // of that name exists. A group whose members are all gone (a crashed runtime)
 // is destroyed and made anew. Creating and joining happen under one lock, so a
 // racing Leave cannot end the group in between. The caller may Join again
 // later with the container's init pid.
-func OpenGroup(ctx context.Context, root, name, id string, pid int, opts GroupOptions) (*Group, error) {
-	if err := checkName("group name", name); err != nil {
+func Open(ctx context.Context, root, name, id string, pid int, opts Options) (*Group, error) {
+	if err := runtime.CheckName("group name", name); err != nil {
 		return nil, err
 	}
-	g := &Group{Name: name, Dir: GroupDir(root, name)}
+	g := &Group{Name: name, Dir: Dir(root, name)}
+	if err := ensureGroupsDir(root); err != nil {
+		return nil, fmt.Errorf("group %s: %w", name, err)
+	}
 	if err := os.MkdirAll(g.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("group %s: %w", name, err)
 	}
@@ -139,7 +142,9 @@ func restrictGroupDir(dir string) error {
 // mountSocketDir makes dir the group's socket directory: a size-limited
 // tmpfs mounted nosuid, nodev and noexec, writable by every member (mode
 // 1777). A tmpfs already there is kept. Without root (no tmpfs can be
-// mounted) it is a plain directory.
+// mounted) it is a plain directory; rootless, it lies beside the group's
+// shared memory, on the host's /dev/shm tmpfs (see ensureGroupsDir), and is
+// bounded by it rather than by SocketDirSize.
 func mountSocketDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -231,7 +236,8 @@ func (g *Group) destroyLocked(ctx context.Context) error {
 	if err := g.Domain.Destroy(ctx); err != nil {
 		return fmt.Errorf("group %s: %w", g.Name, err)
 	}
-	if err := unix.Unmount(g.SocketDir(), unix.MNT_DETACH); err != nil &&
+	// Rootless, nothing was mounted (mountSocketDir).
+	if err := unix.Unmount(g.SocketDir(), unix.MNT_DETACH); err != nil && !runtime.Rootless() &&
 		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("group %s: unmount sockets: %w", g.Name, err)
 	}
@@ -249,7 +255,7 @@ func (g *Group) exists() bool {
 }
 
 // removeDirIfEmpty removes the group directory when only its lock file is
-// left. A racing OpenGroup recreates what it needs.
+// left. A racing Open recreates what it needs.
 func (g *Group) removeDirIfEmpty() {
 	ents, err := os.ReadDir(g.Dir)
 	if err != nil {
@@ -264,12 +270,12 @@ func (g *Group) removeDirIfEmpty() {
 	_ = os.Remove(g.Dir)
 }
 
-// LoadGroup opens an existing group without creating anything.
-func LoadGroup(root, name string) (*Group, error) {
-	if err := checkName("group name", name); err != nil {
+// Load opens an existing group without creating anything.
+func Load(root, name string) (*Group, error) {
+	if err := runtime.CheckName("group name", name); err != nil {
 		return nil, err
 	}
-	g := &Group{Name: name, Dir: GroupDir(root, name)}
+	g := &Group{Name: name, Dir: Dir(root, name)}
 	d, err := tensoripc.Open(g.ShmDir(), tensoripc.Options{Group: name})
 	if err != nil {
 		return nil, fmt.Errorf("group %s: %w", name, err)
@@ -278,9 +284,9 @@ func LoadGroup(root, name string) (*Group, error) {
 	return g, nil
 }
 
-// ListGroups returns the names of the groups under root, sorted.
-func ListGroups(root string) ([]string, error) {
-	ents, err := os.ReadDir(filepath.Join(root, groupsDir))
+// List returns the names of the groups under root, sorted.
+func List(root string) ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(root, runtime.GroupsDir))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -357,14 +363,14 @@ func (g *Group) IPCNamespace(ctx context.Context, exceptID string) string {
 	return ""
 }
 
-// ReleaseGroupMember removes member id from group name under root and ends
+// ReleaseMember removes member id from group name under root and ends
 // the group when none of its members is alive (their runtimes died without
 // leaving), so its shared memory is not left mounted. A group that no longer
 // exists is not an error.
-func ReleaseGroupMember(ctx context.Context, root, name, id string) error {
-	g, err := LoadGroup(root, name)
+func ReleaseMember(ctx context.Context, root, name, id string) error {
+	g, err := Load(root, name)
 	if err != nil {
-		if _, serr := os.Stat(GroupDir(root, name)); errors.Is(serr, os.ErrNotExist) {
+		if _, serr := os.Stat(Dir(root, name)); errors.Is(serr, os.ErrNotExist) {
 			return nil
 		}
 		return err

@@ -1,4 +1,4 @@
-package runtime
+package detect
 
 import (
 	"context"
@@ -250,6 +250,30 @@ func TestDetectClassification(t *testing.T) {
 			want:   spec.RestrictionNone, unprivileged: true,
 			reason:  []string{"rootless"},
 			warning: "delegat",
+		},
+		{
+			// Ubuntu 23.10+ for an ordinary user of the host: the
+			// AppArmor model with the install --apparmor remedy, not
+			// no-caps (that one is for a runtime in a container).
+			name: "rootless on the host with apparmor",
+			files: map[string]string{
+				"proc/self/status":  statusFile("0000000000000000", 1000),
+				"proc/self/uid_map": "         0          0 4294967295\n",
+				"proc/sys/kernel/apparmor_restrict_unprivileged_userns": "1",
+			},
+			probes: map[probeKind]error{probeUserNS: refused(syscall.EACCES)},
+			want:   spec.RestrictionAppArmor,
+			reason: []string{"EACCES", "apparmor_restrict_unprivileged_userns=1"},
+		},
+		{
+			name: "rootless on the host, unexplained refusal",
+			files: map[string]string{
+				"proc/self/status":  statusFile("0000000000000000", 1000),
+				"proc/self/uid_map": "0 0 4294967295\n",
+			},
+			probes: map[probeKind]error{probeUserNS: refused(syscall.EPERM)},
+			want:   spec.RestrictionNoCaps,
+			reason: []string{"EPERM", "lacks CAP_SYS_ADMIN"},
 		},
 		{
 			name: "unsupported by GOOS",
@@ -629,6 +653,9 @@ func TestRemedyFor(t *testing.T) {
 			}
 			continue
 		}
+		if r == spec.RestrictionAppArmor && !strings.Contains(got, "sudo pyisolate install --apparmor") {
+			t.Errorf("RemedyFor(apparmor) does not name the profile install: %q", got)
+		}
 		if !strings.Contains(got, want[r]) {
 			t.Errorf("RemedyFor(%s) = %q, want it to contain %q", r, got, want[r])
 		}
@@ -674,4 +701,3 @@ func TestWSLVersion(t *testing.T) {
 		}
 	}
 }
-

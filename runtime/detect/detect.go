@@ -1,4 +1,4 @@
-package runtime
+package detect
 
 import (
 	"bufio"
@@ -9,13 +9,11 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/pyisolate/pyisolate-oci/spec"
-	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
 
 // SystemPaths are the host directories Detect looks for; those that exist
@@ -104,6 +102,11 @@ type Profile struct {
 	Kernel string `json:"kernel"`
 	// WSL is 1 or 2 under Windows Subsystem for Linux, 0 otherwise.
 	WSL int `json:"wsl,omitempty"`
+	// Rootless reports that the runtime runs without root (euid != 0):
+	// see RootlessMode for what that means here.
+	Rootless bool `json:"rootless"`
+	// RootlessMode describes the rootless runtime; nil as root.
+	RootlessMode *RootlessMode `json:"rootless_mode,omitempty"`
 	// Warnings are problems that do not change the restriction model. Each
 	// ends in "; remedy: ..." (WarningRemedySep) where something can be done.
 	Warnings []string `json:"warnings,omitempty"`
@@ -132,10 +135,12 @@ type Shm struct {
 // true only when both the kernel and this binary support it.
 func (p *Profile) SpecHost() spec.Host {
 	return spec.Host{
-		Restriction: p.Restriction,
-		Seccomp:     p.Seccomp && p.SeccompBuiltIn,
-		Paths:       append([]string(nil), p.Paths...),
-		MemTotal:    int64(min(p.MemTotal, math.MaxInt64)),
+		Restriction:     p.Restriction,
+		Seccomp:         p.Seccomp && p.SeccompBuiltIn,
+		Paths:           append([]string(nil), p.Paths...),
+		MemTotal:        int64(min(p.MemTotal, math.MaxInt64)),
+		Rootless:        p.Rootless,
+		CgroupDelegated: p.RootlessMode != nil && p.RootlessMode.CgroupDelegation != nil,
 	}
 }
 
@@ -144,11 +149,10 @@ func (p *Profile) SpecHost() spec.Host {
 func RemedyFor(r spec.Restriction) string {
 	switch r {
 	case spec.RestrictionAppArmor:
-		return "run 'sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0' " +
-			"(persist it in /etc/sysctl.d/60-userns.conf), or load an AppArmor profile " +
-			"that allows userns for the pyisolate binary " +
-			"('abi <abi/4.0>, include <tunables/global> profile pyisolate /usr/local/bin/pyisolate flags=(unconfined) { userns, }' " +
-			"in /etc/apparmor.d/pyisolate, then 'sudo apparmor_parser -r /etc/apparmor.d/pyisolate')"
+		return "let the pyisolate binary keep user namespaces, as Ubuntu does for chosen programs: " +
+			"'sudo pyisolate install --apparmor' writes /etc/apparmor.d/pyisolate (a profile for the installed " +
+			"binary granting userns) and loads it; or allow them for every program: " +
+			"'sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0' (persist it in /etc/sysctl.d/60-userns.conf)"
 	case spec.RestrictionSysctl:
 		return "run 'sudo sysctl -w user.max_user_namespaces=15000' and, on Debian-patched kernels, " +
 			"'sudo sysctl -w kernel.unprivileged_userns_clone=1' (persist them in /etc/sysctl.d/)"
@@ -168,11 +172,11 @@ func RemedyFor(r spec.Restriction) string {
 	return ""
 }
 
-// Detect probes the host: it creates user, mount and pid namespaces in
+// Host probes the host: it creates user, mount and pid namespaces in
 // short-lived children and reads /proc and /sys to decide the restriction
 // model, cgroup layout, seccomp support and /dev/shm state. A restricted host
 // is not an error; an error means detection itself failed.
-func Detect(ctx context.Context) (*Profile, error) {
+func Host(ctx context.Context) (*Profile, error) {
 	return detectAt(ctx, hostEnv())
 }
 
@@ -217,7 +221,11 @@ func (e *inconclusiveError) Error() string { return "probe inconclusive: " + e.e
 func (e *inconclusiveError) Unwrap() error { return e.err }
 
 // fsStat is the size of a filesystem, in bytes.
-type fsStat struct{ Size, Free uint64 }
+type fsStat struct {
+	Size, Free uint64
+	// Tmpfs reports that the filesystem is a tmpfs.
+	Tmpfs bool
+}
 
 // detectEnv is what detectAt reads the host through, so that tests can give
 // it a fake filesystem root and fake probes.
@@ -254,6 +262,10 @@ type hostFacts struct {
 	unprivClone    int // -1: file absent
 	selinuxEnforce int // -1: file absent
 	wsl            int
+	// initialUserNS: /proc/self/uid_map is the identity of all ids, so
+	// this process runs in the host's user namespace, not in a container
+	// that has one of its own.
+	initialUserNS bool
 }
 
 // detectAt is Detect's core, reading the host through env.
@@ -283,6 +295,7 @@ func detectAt(ctx context.Context, env detectEnv) (*Profile, error) {
 	if err := detectCgroups(env, p); err != nil {
 		return nil, err
 	}
+	detectRootless(env, f, p)
 	detectSeccomp(env, f, p)
 	detectOpenat2(env, p)
 	p.Shm = detectShm(env)
@@ -320,6 +333,7 @@ func readFacts(env detectEnv) (hostFacts, error) {
 		unprivClone:    readInt(env.path("/proc/sys/kernel/unprivileged_userns_clone")),
 		selinuxEnforce: readInt(env.path("/sys/fs/selinux/enforce")),
 		wsl:            wslVersion(readString(env.path("/proc/version"))),
+		initialUserNS:  strings.Join(strings.Fields(readString(env.path("/proc/self/uid_map"))), " ") == "0 0 4294967295",
 	}
 	status := env.path("/proc/self/status")
 	b, err := os.ReadFile(status)
@@ -422,7 +436,13 @@ func classify(ctx context.Context, env detectEnv, f hostFacts, p *Profile) error
 	errno := errnoOf(perr)
 	seen := fmt.Sprintf("%s failed: %s", kind, errnoName(errno, perr))
 	evidence := sysctlEvidence(f)
-	if !f.sysAdmin {
+	// An ordinary user of the host (a rootless runtime) never has
+	// CAP_SYS_ADMIN: what stops it is what stops unprivileged user
+	// namespaces (Ubuntu's AppArmor restriction, a sysctl), classified below
+	// with that model's remedy. no-caps is for a runtime in a container.
+	ruled, _ := restrictedBy(f, errno)
+	hostUser := f.euid > 0 && f.initialUserNS && ruled != ""
+	if !f.sysAdmin && !hostUser {
 		p.Restriction = spec.RestrictionNoCaps
 		p.RestrictionReason = seen + " and the runtime lacks CAP_SYS_ADMIN (CapEff)"
 		p.Remedy = RemedyFor(p.Restriction)
@@ -463,10 +483,9 @@ func runtimeProbe(ctx context.Context, env detectEnv) (probeKind, error) {
 func classifyWorking(ctx context.Context, env detectEnv, f hostFacts, p *Profile) {
 	p.Restriction = spec.RestrictionNone
 	if !f.sysAdmin {
+		// The cgroup delegation and its warning: detectRootless.
 		p.RestrictionReason = "user namespaces work for the runtime (rootless: no CAP_SYS_ADMIN)"
 		p.Unprivileged = true
-		p.Warnings = append(p.Warnings, "running rootless (no CAP_SYS_ADMIN): memory, pids and CPU limits need a delegated cgroup v2 subtree"+
-			WarningRemedySep+"run pyisolate under 'systemd-run --user --scope -p Delegate=yes', or set Delegate=yes in its service unit")
 		return
 	}
 	p.RestrictionReason = "user namespaces work for the runtime"
@@ -584,234 +603,4 @@ func errnoName(errno syscall.Errno, err error) string {
 		return fmt.Sprintf("errno %d (%v)", int(errno), errno)
 	}
 	return err.Error()
-}
-
-// mountEntry is one line of /proc/self/mountinfo.
-type mountEntry struct {
-	point, fstype string
-	// readOnly: the mount (not only its filesystem) is read-only.
-	readOnly bool
-}
-
-// parseMountinfo reads the mount point and filesystem type of each line of a
-// mountinfo file.
-func parseMountinfo(b []byte) ([]mountEntry, error) {
-	var ms []mountEntry
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		if strings.TrimSpace(line) == "" {
-			continue
-		}
-		pre, post, ok := strings.Cut(line, " - ")
-		fields, tail := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(fields) < 5 || len(tail) < 1 {
-			return nil, fmt.Errorf("mountinfo line %d: malformed: %q", n, line)
-		}
-		ro := len(fields) > 5 && slices.Contains(strings.Split(fields[5], ","), "ro")
-		ms = append(ms, mountEntry{point: unescapeMount(fields[4]), fstype: tail[0], readOnly: ro})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read mountinfo: %w", err)
-	}
-	return ms, nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// cgroupLayout decides the cgroup version from the mount table: v2 when
-// /sys/fs/cgroup is cgroup2; hybrid when v1 hierarchies sit beside a cgroup2
-// one; v1 when there are only v1 hierarchies. It returns the root and the
-// cgroup2 mount point, and "" for all three when no cgroup is mounted.
-func cgroupLayout(ms []mountEntry) (version, root, v2path string) {
-	const base = "/sys/fs/cgroup"
-	var baseType string
-	var v1, v2 []string
-	for _, m := range ms {
-		switch {
-		case m.point == base:
-			baseType = m.fstype
-			if m.fstype != "cgroup2" {
-				v2 = v2[:0] // a later mount over /sys/fs/cgroup hides earlier ones
-			}
-		case m.fstype == "cgroup":
-			v1 = append(v1, m.point)
-		case m.fstype == "cgroup2":
-			v2 = append(v2, m.point)
-		}
-	}
-	switch {
-	case baseType == "cgroup2":
-		return CgroupV2, base, base
-	case len(v1) > 0 && len(v2) > 0:
-		return CgroupHybrid, cgroupRootOf(v1[0], base), v2[len(v2)-1]
-	case len(v1) > 0:
-		return CgroupV1, cgroupRootOf(v1[0], base), ""
-	case len(v2) > 0:
-		return CgroupV2, v2[len(v2)-1], v2[len(v2)-1]
-	}
-	return "", "", ""
-}
-
-// cgroupRootOf returns base when the v1 hierarchy mounted at point is below
-// it, else the directory holding point.
-func cgroupRootOf(point, base string) string {
-	if strings.HasPrefix(point, base+"/") {
-		return base
-	}
-	return filepath.Dir(point)
-}
-
-// detectCgroups fills the cgroup fields of p from the mount table.
-func detectCgroups(env detectEnv, p *Profile) error {
-	b, err := os.ReadFile(env.path("/proc/self/mountinfo"))
-	if err != nil {
-		return fmt.Errorf("detect cgroups: %w", err)
-	}
-	ms, err := parseMountinfo(b)
-	if err != nil {
-		return fmt.Errorf("detect cgroups: %w", err)
-	}
-	p.CgroupVersion, p.CgroupRoot, p.CgroupV2Path = cgroupLayout(ms)
-	if p.CgroupVersion == "" {
-		p.Warnings = append(p.Warnings, "no cgroup filesystem is mounted: memory, pids and CPU limits cannot be set"+
-			WarningRemedySep+"mount cgroup2 at /sys/fs/cgroup ('mount -t cgroup2 none /sys/fs/cgroup')")
-		return nil
-	}
-	p.CgroupReadOnly = cgroupReadOnly(ms, p.CgroupVersion, p.CgroupV2Path)
-	if p.CgroupReadOnly {
-		p.Warnings = append(p.Warnings, CgroupReadOnlyWarning+WarningRemedySep+CgroupReadOnlyRemedy)
-	}
-	return nil
-}
-
-// CgroupReadOnlyWarning is detect's warning for Profile.CgroupReadOnly.
-const CgroupReadOnlyWarning = "the cgroup filesystem is mounted read-only (inside a container that is not privileged): " +
-	"no memory, pids or CPU limit can be set, so 'pyisolate run' as root refuses to start extensions"
-
-// CgroupReadOnlyRemedy is what to do about Profile.CgroupReadOnly.
-const CgroupReadOnlyRemedy = "run the runtime's container privileged ('docker run --privileged'; in Kubernetes " +
-	"securityContext.privileged: true), or run pyisolate on the host (the containerd shim)"
-
-// cgroupReadOnly reports whether a hierarchy the runtime creates cgroups in
-// is mounted read-only: the cgroup2 mount for v2, any v1 hierarchy for v1
-// and hybrid (libcontainer makes a cgroup in each). The last mount of a
-// point wins.
-func cgroupReadOnly(ms []mountEntry, version, v2path string) bool {
-	ro := map[string]bool{}
-	for _, m := range ms {
-		switch {
-		case version == CgroupV2 && m.fstype == "cgroup2" && m.point == v2path,
-			version != CgroupV2 && m.fstype == "cgroup":
-			ro[m.point] = m.readOnly
-		}
-	}
-	for _, r := range ro {
-		if r {
-			return true
-		}
-	}
-	return false
-}
-
-// detectSeccomp fills the seccomp fields of p: the kernel supports filters
-// when /proc/self/status has a Seccomp field and prctl(PR_GET_SECCOMP)
-// answers.
-func detectSeccomp(env detectEnv, f hostFacts, p *Profile) {
-	p.SeccompBuiltIn = env.seccompBuiltIn
-	if f.seccompMode < 0 {
-		p.Warnings = append(p.Warnings, "the kernel has no seccomp support (no Seccomp field in /proc/self/status): "+
-			"sandboxes run without a syscall filter"+WarningRemedySep+"a kernel built with CONFIG_SECCOMP_FILTER")
-		return
-	}
-	if err := env.seccompPrctl(); err != nil {
-		p.Warnings = append(p.Warnings, fmt.Sprintf("prctl(PR_GET_SECCOMP) failed (%v): sandboxes run without a syscall filter", err))
-		return
-	}
-	p.Seccomp = true
-	if s := strings.Fields(readString(env.path("/proc/sys/kernel/seccomp/actions_avail"))); len(s) > 0 {
-		p.SeccompActions = s
-	}
-	if !p.SeccompBuiltIn {
-		p.Warnings = append(p.Warnings, "this binary was built without seccomp support: sandboxes run without a syscall filter"+
-			WarningRemedySep+"build with cgo, libseccomp-dev and '-tags seccomp' ('make build')")
-	}
-}
-
-// detectOpenat2 warns when the kernel lacks openat2(2) (Linux 5.6+; Ubuntu
-// 20.04's 5.4, RHEL 8's 4.18): the runtime opens every path a manifest names
-// with it, so manifest bundles cannot run there.
-func detectOpenat2(env detectEnv, p *Profile) {
-	if env.openat2 == nil {
-		return
-	}
-	if err := env.openat2(); errors.Is(err, syscall.ENOSYS) {
-		p.Warnings = append(p.Warnings, "the kernel has no openat2 (Linux 5.6 or newer has it): 'pyisolate run' "+
-			"cannot pin a manifest's paths, so manifest bundles fail to start"+WarningRemedySep+
-			"boot a 5.6+ kernel (Ubuntu 20.04: the HWE kernel, 'apt install linux-generic-hwe-20.04')")
-	}
-}
-
-// detectShm inspects /dev/shm: existence, writability, size and free space.
-func detectShm(env detectEnv) Shm {
-	s := Shm{Path: ShmPath}
-	dir := env.path(ShmPath)
-	fi, err := os.Stat(dir)
-	if err != nil || !fi.IsDir() {
-		s.Warning = ShmPath + " does not exist: torch cannot share CPU tensors"
-		s.Remedy = "mount a tmpfs there ('mount -t tmpfs -o size=2G tmpfs /dev/shm')"
-		return s
-	}
-	s.Exists = true
-	s.Writable = env.writable(dir)
-	if st, err := env.statfs(dir); err == nil {
-		s.SizeBytes, s.FreeBytes = st.Size, st.Free
-	} else {
-		s.Warning = fmt.Sprintf("statfs %s: %v", ShmPath, err)
-		return s
-	}
-	switch {
-	case !s.Writable:
-		s.Warning = ShmPath + " is not writable: torch cannot share CPU tensors"
-		s.Remedy = "remount it read-write ('mount -o remount,rw /dev/shm') and check its mode is 1777"
-	case s.FreeBytes < ShmMinFree:
-		s.Warning = fmt.Sprintf("%s has %s free (less than %s): tensor sharing will fail with ENOSPC",
-			ShmPath, tensoripc.HumanBytes(int64(s.FreeBytes)), tensoripc.HumanBytes(ShmMinFree))
-		s.Remedy = "enlarge it: 'sudo mount -o remount,size=2G /dev/shm', or 'docker run --shm-size=2g' " +
-			"(Kubernetes: an emptyDir with medium: Memory at /dev/shm)"
-	}
-	return s
-}
-
-// existingPaths returns the entries of SystemPaths and EtcAllowList that
-// exist under env's root (Stat: a symbolic link counts when its target
-// exists; a dangling one cannot be bound).
-func existingPaths(env detectEnv) []string {
-	out := []string{}
-	for _, list := range [][]string{SystemPaths, EtcAllowList} {
-		for _, p := range list {
-			if _, err := os.Stat(env.path(p)); err == nil {
-				out = append(out, p)
-			}
-		}
-	}
-	return out
 }

@@ -1,4 +1,4 @@
-package runtime
+package group
 
 import (
 	"context"
@@ -48,7 +48,7 @@ func TestGroupLifecycle(t *testing.T) {
 	root := t.TempDir()
 	a, b := sleeper(t), sleeper(t)
 
-	g, err := OpenGroup(ctx, root, "g1", "host", a.Process.Pid, GroupOptions{ShmSize: 8 << 20})
+	g, err := Open(ctx, root, "g1", "host", a.Process.Pid, Options{ShmSize: 8 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestGroupLifecycle(t *testing.T) {
 	if fi, err := os.Stat(g.SocketDir()); err != nil || fi.Mode()&os.ModeSticky == 0 || fi.Mode().Perm() != 0o777 {
 		t.Fatalf("socket dir: %v %v", fi, err)
 	}
-	g2, err := OpenGroup(ctx, root, "g1", "ext", b.Process.Pid, GroupOptions{})
+	g2, err := Open(ctx, root, "g1", "ext", b.Process.Pid, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,8 +72,8 @@ func TestGroupLifecycle(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(g2.ShmDir(), "seg")); err != nil {
 		t.Fatal(err)
 	}
-	if names, _ := ListGroups(root); len(names) != 1 || names[0] != "g1" {
-		t.Fatalf("ListGroups = %v", names)
+	if names, _ := List(root); len(names) != 1 || names[0] != "g1" {
+		t.Fatalf("List = %v", names)
 	}
 
 	if ended, err := g2.Leave(ctx, "ext"); err != nil || ended {
@@ -99,7 +99,7 @@ func TestGroupStaleIsRecreated(t *testing.T) {
 	root := t.TempDir()
 	// A member whose process is gone without leaving: a crashed runtime.
 	live := sleeper(t)
-	g, err := OpenGroup(ctx, root, "g2", "crashed", live.Process.Pid, GroupOptions{ShmSize: 4 << 20})
+	g, err := Open(ctx, root, "g2", "crashed", live.Process.Pid, Options{ShmSize: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestGroupStaleIsRecreated(t *testing.T) {
 	_, _ = live.Process.Wait()
 
 	fresh := sleeper(t)
-	g2, err := OpenGroup(ctx, root, "g2", "new", fresh.Process.Pid, GroupOptions{ShmSize: 4 << 20})
+	g2, err := Open(ctx, root, "g2", "new", fresh.Process.Pid, Options{ShmSize: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,8 +125,8 @@ func TestGroupStaleIsRecreated(t *testing.T) {
 
 func TestGroupBadName(t *testing.T) {
 	for _, name := range []string{"", "../x", "a/b", ".."} {
-		if _, err := OpenGroup(context.Background(), t.TempDir(), name, "m", os.Getpid(), GroupOptions{}); err == nil {
-			t.Errorf("OpenGroup(%q) accepted", name)
+		if _, err := Open(context.Background(), t.TempDir(), name, "m", os.Getpid(), Options{}); err == nil {
+			t.Errorf("Open(%q) accepted", name)
 		}
 	}
 }
@@ -138,11 +138,11 @@ func TestGroupLeaveAfterEnded(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
 	a, b := sleeper(t), sleeper(t)
-	g1, err := OpenGroup(ctx, root, "g3", "host", a.Process.Pid, GroupOptions{ShmSize: 4 << 20})
+	g1, err := Open(ctx, root, "g3", "host", a.Process.Pid, Options{ShmSize: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	g2, err := OpenGroup(ctx, root, "g3", "ext", b.Process.Pid, GroupOptions{})
+	g2, err := Open(ctx, root, "g3", "ext", b.Process.Pid, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

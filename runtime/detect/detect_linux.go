@@ -1,4 +1,4 @@
-package runtime
+package detect
 
 import (
 	goruntime "runtime"
@@ -35,5 +35,5 @@ func statfsBytes(path string) (fsStat, error) {
 		return fsStat{}, err
 	}
 	bs := uint64(st.Bsize)
-	return fsStat{Size: st.Blocks * bs, Free: st.Bavail * bs}, nil
+	return fsStat{Size: st.Blocks * bs, Free: st.Bavail * bs, Tmpfs: int64(st.Type) == unix.TMPFS_MAGIC}, nil
 }

@@ -1,4 +1,4 @@
-package runtime
+package detect
 
 import (
 	"context"
@@ -79,7 +79,7 @@ func unprivilegedByUnshare(t *testing.T) (allowed, ok bool) {
 func TestDetectReal(t *testing.T) {
 	ctx := context.Background()
 	start := time.Now()
-	p, err := Detect(ctx)
+	p, err := Host(ctx)
 	if err != nil {
 		t.Fatalf("Detect: %v", err)
 	}
@@ -290,7 +290,7 @@ func TestDetectHelper(t *testing.T) {
 			return
 		}
 	}
-	p, err := Detect(context.Background())
+	p, err := Host(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

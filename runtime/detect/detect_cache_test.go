@@ -1,4 +1,4 @@
-package runtime
+package detect
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 func TestDetectCached(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
-	p1, err := DetectCached(ctx, root)
+	p1, err := Cached(ctx, root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func TestDetectCached(t *testing.T) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p2, err := DetectCached(ctx, root)
+	p2, err := Cached(ctx, root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestDetectCached(t *testing.T) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p3, err := DetectCached(ctx, root)
+	p3, err := Cached(ctx, root)
 	if err != nil {
 		t.Fatal(err)
 	}
