@@ -194,7 +194,10 @@ type k8sEnv struct {
 	containerdBin string
 	v2            bool
 	host          string // the scratch host tree the DaemonSet's hostPaths point into
-	netnsStart    map[string]bool
+	// netns are the network namespaces containerd made for this test's
+	// pods (other tests on the machine make their own: only these are
+	// checked and cleaned).
+	netns []string
 }
 
 // k8sBaseConfig is the node's containerd config before the installer runs:
@@ -367,10 +370,9 @@ func (e *k8sEnv) cleanup(t *testing.T) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	for n := range confListNetns() {
-		if !e.netnsStart[n] && strings.HasPrefix(n, "cni-") {
-			t.Logf("cleanup: removing network namespace %s left behind", n)
-			p := filepath.Join("/var/run/netns", n)
+	for _, p := range e.netns {
+		if _, err := os.Lstat(p); err == nil {
+			t.Logf("cleanup: removing network namespace %s left behind", p)
 			syscall.Unmount(p, syscall.MNT_DETACH)
 			os.Remove(p)
 		}
@@ -378,13 +380,33 @@ func (e *k8sEnv) cleanup(t *testing.T) {
 	k8sRemoveCgroups(t)
 }
 
-func confListNetns() map[string]bool {
-	m := map[string]bool{}
-	ents, _ := os.ReadDir("/var/run/netns")
-	for _, e := range ents {
-		m[e.Name()] = true
+// recordNetns notes the network namespace of pod id (from the sandbox's
+// runtime spec that crictl inspectp shows).
+func (e *k8sEnv) recordNetns(t *testing.T, id string) {
+	t.Helper()
+	var insp struct {
+		Info struct {
+			RuntimeSpec struct {
+				Linux struct {
+					Namespaces []struct {
+						Type string `json:"type"`
+						Path string `json:"path"`
+					} `json:"namespaces"`
+				} `json:"linux"`
+			} `json:"runtimeSpec"`
+		} `json:"info"`
 	}
-	return m
+	out := e.crictlOK(t, "inspectp", id)
+	if err := json.Unmarshal([]byte(out), &insp); err != nil {
+		t.Fatalf("crictl inspectp %s: %v", id, err)
+	}
+	for _, ns := range insp.Info.RuntimeSpec.Linux.Namespaces {
+		if ns.Type == "network" && ns.Path != "" {
+			e.netns = append(e.netns, ns.Path)
+			return
+		}
+	}
+	t.Errorf("pod %s: no network namespace path in its runtime spec", id)
 }
 
 // k8sCgroupsLeft lists the container cgroups left under the test's pod
@@ -674,7 +696,7 @@ func k8sChain(t *testing.T, v ctrdVersion, crictl string, tarballs []string, sta
 	e := &k8sEnv{
 		criEnv: &criEnv{dir: dir, bin: filepath.Join(host, "usr/local/bin"), config: filepath.Join(host, "etc/containerd/config.toml"),
 			sock: filepath.Join(dir, "c.sock"), crictl: crictl, ctr: v.Ctr, log: filepath.Join(dir, "containerd.log")},
-		containerdBin: v.Containerd, v2: !strings.HasSuffix(v.Name, "-1.6"), host: host, netnsStart: confListNetns(),
+		containerdBin: v.Containerd, v2: !strings.HasSuffix(v.Name, "-1.6"), host: host,
 	}
 	t.Cleanup(func() { e.cleanup(t) })
 	for _, d := range []string{"root", "state", "cni/conf", "cni/ipam", "pods", "host/etc/containerd", "host/usr/local/bin"} {
@@ -727,6 +749,7 @@ func k8sChain(t *testing.T, v ctrdVersion, crictl string, tarballs []string, sta
 	ik := newKubelet(e, ds.Name+"-node1", ds.Namespace, tpl.Labels, tpl.Annotations, tpl.Spec, nodePath)
 	isb := ik.sandboxConfig(t)
 	ipod := e.crictlOK(t, "runp", isb)
+	e.recordNetns(t, ipod)
 	icid := e.crictlOK(t, "create", "--no-pull", ipod, ik.containerConfig(t, ic, args), isb)
 	e.crictlOK(t, "start", icid)
 	// The installer ends this containerd once the config is written.
@@ -780,6 +803,7 @@ func k8sChain(t *testing.T, v ctrdVersion, crictl string, tarballs []string, sta
 	})
 	esb := ek.sandboxConfig(t)
 	epod := e.crictlOK(t, "runp", "--runtime", rc.Handler, esb)
+	e.recordNetns(t, epod)
 	var inspP struct {
 		Status struct {
 			RuntimeHandler string `json:"runtimeHandler"` // CRI's PodSandboxStatus
@@ -805,6 +829,11 @@ func k8sChain(t *testing.T, v ctrdVersion, crictl string, tarballs []string, sta
 	_, extPid := e.waitState(t, ids["ext"], "CONTAINER_RUNNING", time.Minute)
 	k8sCheckSandbox(t, fmt.Sprintf("ext (pid %d)", extPid), extPid)
 	k8sCheckSharedShm(t, extPid, inspP.Info.Pid)
+	// The group, named by the manifest, lives in the shim's state root.
+	groupDir := "/run/pyisolate-containerd/k8s.io/groups/" + k8sManifestGroup(t, pod.Annotations["io.pyisolate.manifest"])
+	if _, err := os.Stat(groupDir); err != nil {
+		t.Errorf("the pod's group directory: %v", err)
+	}
 	// A process exec'd into the extension (kubectl exec) is in the sandbox too.
 	execOut, err := e.crictlRun(time.Minute, "exec", ids["ext"], "/usr/bin/python3", "-c",
 		"import os; print(open('/proc/self/status').read()); print('ROOT', sorted(os.listdir('/')))")
@@ -825,23 +854,19 @@ func k8sChain(t *testing.T, v ctrdVersion, crictl string, tarballs []string, sta
 		extLog, _ := e.crictlRun(time.Minute, "logs", ids["ext"])
 		t.Errorf("ext exited %d:\n%s", code, extLog)
 	}
-	groupDirs, _ := filepath.Glob("/run/pyisolate-containerd/k8s.io/groups/pyisolate-demo")
 	for _, id := range ids {
 		e.crictlOK(t, "rm", id)
 	}
 	e.crictlOK(t, "stopp", epod)
 	e.crictlOK(t, "rmp", epod)
-	if len(groupDirs) == 0 {
-		t.Log("note: the group's directory was not found under /run/pyisolate-containerd/k8s.io/groups (layout changed?)")
-	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if _, err := os.Stat("/run/pyisolate-containerd/k8s.io/groups/pyisolate-demo"); err != nil {
+		if _, err := os.Stat(groupDir); err != nil {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if _, err := os.Stat("/run/pyisolate-containerd/k8s.io/groups/pyisolate-demo"); err == nil {
+	if _, err := os.Stat(groupDir); err == nil {
 		t.Errorf("the group's directory is left after the pod was removed")
 	}
 
@@ -891,9 +916,9 @@ func k8sChain(t *testing.T, v ctrdVersion, crictl string, tarballs []string, sta
 	if m := e.criMounts(); len(m) > 0 {
 		t.Errorf("mounts left: %q", m)
 	}
-	for n := range confListNetns() {
-		if !e.netnsStart[n] && strings.HasPrefix(n, "cni-") {
-			t.Errorf("network namespace left: %s", n)
+	for _, p := range e.netns {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("network namespace left: %s", p)
 		}
 	}
 	if c := k8sCgroupsLeft(); len(c) > 0 {
@@ -947,6 +972,19 @@ func k8sPlaceModule(t *testing.T, manifest string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// k8sManifestGroup is the group of a manifest: group, else name.
+func k8sManifestGroup(t *testing.T, manifest string) string {
+	t.Helper()
+	var m struct{ Name, Group string }
+	if err := json.Unmarshal([]byte(manifest), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Group != "" {
+		return m.Group
+	}
+	return m.Name
 }
 
 // k8sCheckStatus checks /proc/PID/status text: no capability, seccomp
