@@ -132,7 +132,7 @@ func TestK8sChain(t *testing.T) {
 		}
 		t.Fatalf("make image: %v\n%s", err, criTail(string(out), 3000))
 	}
-	t.Logf("make image (%s):\n%s", time.Since(start).Round(time.Second), grepLines(string(out), "pyisolate-image:"))
+	t.Logf("make image (%s):\n%s", time.Since(start).Round(time.Second), k8sGrepLines(string(out), "pyisolate-image:"))
 	tars := map[string]string{}
 	for _, n := range []string{"pyisolate-oci", "pyisolate-oci-example-host", "pyisolate-oci-example-ext"} {
 		tars[n] = filepath.Join(build, "images", n+".tar")
@@ -178,7 +178,7 @@ func k8sRuncShim(t *testing.T, dir string) {
 	}
 }
 
-func grepLines(s, prefix string) string {
+func k8sGrepLines(s, prefix string) string {
 	var keep []string
 	for _, l := range strings.Split(s, "\n") {
 		if strings.HasPrefix(l, prefix) {
@@ -451,9 +451,9 @@ func k8sRemoveCgroups(t *testing.T) {
 	}
 }
 
-// kubelet turns a pod of the manifests into CRI configs as the kubelet does,
+// k8sKubelet turns a pod of the manifests into CRI configs as the kubelet does,
 // for the parts these pods use.
-type kubelet struct {
+type k8sKubelet struct {
 	e       *k8sEnv
 	meta    map[string]any // the sandbox's metadata
 	podDir  string
@@ -466,15 +466,15 @@ type kubelet struct {
 	hostPath func(string) string
 }
 
-func newKubelet(e *k8sEnv, name, namespace string, labels, annotations map[string]string, spec corev1.PodSpec, hostPath func(string) string) *kubelet {
-	k := &kubelet{e: e, pod: spec, hostPath: hostPath}
+func newK8sKubelet(e *k8sEnv, name, namespace string, labels, annotations map[string]string, spec corev1.PodSpec, hostPath func(string) string) *k8sKubelet {
+	k := &k8sKubelet{e: e, pod: spec, hostPath: hostPath}
 	k.objMeta.name, k.objMeta.namespace, k.objMeta.uid = name, namespace, name+"-uid"
 	k.objMeta.labels, k.objMeta.annotations = labels, annotations
 	k.podDir = filepath.Join(e.dir, "pods", k.objMeta.uid)
 	return k
 }
 
-func (k *kubelet) namespaceOptions() map[string]any {
+func (k *k8sKubelet) namespaceOptions() map[string]any {
 	const pod, container, node = 0, 1, 2
 	o := map[string]any{"network": pod, "pid": container, "ipc": pod}
 	if k.pod.HostNetwork {
@@ -492,7 +492,7 @@ func (k *kubelet) namespaceOptions() map[string]any {
 	return o
 }
 
-func (k *kubelet) privileged() bool {
+func (k *k8sKubelet) privileged() bool {
 	for _, c := range k.pod.Containers {
 		if c.SecurityContext != nil && c.SecurityContext.Privileged != nil && *c.SecurityContext.Privileged {
 			return true
@@ -501,7 +501,7 @@ func (k *kubelet) privileged() bool {
 	return false
 }
 
-func (k *kubelet) writeJSON(t *testing.T, name string, v any) string {
+func (k *k8sKubelet) writeJSON(t *testing.T, name string, v any) string {
 	t.Helper()
 	p := filepath.Join(k.podDir, name)
 	b, _ := json.MarshalIndent(v, "", "  ")
@@ -512,7 +512,7 @@ func (k *kubelet) writeJSON(t *testing.T, name string, v any) string {
 }
 
 // sandboxConfig writes the PodSandboxConfig.
-func (k *kubelet) sandboxConfig(t *testing.T) string {
+func (k *k8sKubelet) sandboxConfig(t *testing.T) string {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Join(k.podDir, "logs"), 0o755); err != nil {
 		t.Fatal(err)
@@ -545,7 +545,7 @@ func (k *kubelet) sandboxConfig(t *testing.T) string {
 
 // containerConfig writes the ContainerConfig of container c; args replaces
 // the container's args when not nil.
-func (k *kubelet) containerConfig(t *testing.T, c corev1.Container, args []string) string {
+func (k *k8sKubelet) containerConfig(t *testing.T, c corev1.Container, args []string) string {
 	t.Helper()
 	if args == nil {
 		args = c.Args
@@ -746,7 +746,7 @@ func k8sChain(t *testing.T, v ctrdVersion, crictl string, tarballs []string, sta
 	restartCmd := fmt.Sprintf("kill -TERM %d", e.containerd.Process.Pid)
 	args := []string{strings.Replace(ic.Args[0], "pyisolate install ", "pyisolate install --restart-command '"+restartCmd+"' ", 1)}
 	nodePath := func(p string) string { return filepath.Join(host, p) }
-	ik := newKubelet(e, ds.Name+"-node1", ds.Namespace, tpl.Labels, tpl.Annotations, tpl.Spec, nodePath)
+	ik := newK8sKubelet(e, ds.Name+"-node1", ds.Namespace, tpl.Labels, tpl.Annotations, tpl.Spec, nodePath)
 	isb := ik.sandboxConfig(t)
 	ipod := e.crictlOK(t, "runp", isb)
 	e.recordNetns(t, ipod)
@@ -797,7 +797,7 @@ func k8sChain(t *testing.T, v ctrdVersion, crictl string, tarballs []string, sta
 		t.Fatalf("example pod's runtimeClassName %v, RuntimeClass %s", pod.Spec.RuntimeClassName, rc.Name)
 	}
 	k8sPlaceModule(t, pod.Annotations["io.pyisolate.manifest"])
-	ek := newKubelet(e, pod.Name, "default", pod.Labels, pod.Annotations, pod.Spec, func(p string) string {
+	ek := newK8sKubelet(e, pod.Name, "default", pod.Labels, pod.Annotations, pod.Spec, func(p string) string {
 		t.Fatalf("example pod: hostPath %s", p)
 		return ""
 	})
