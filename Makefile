@@ -11,7 +11,7 @@ PREFIX     ?= /usr/local
 STATIC_BIN ?= $(BIN)/static
 GOARCH     ?= $(shell $(GO) env GOARCH)
 
-.PHONY: all deps build static release test test-short lint bench security-report demo examples install uninstall clean
+.PHONY: all deps build static image release test test-short lint bench security-report demo examples install uninstall clean
 
 all: build
 
@@ -38,6 +38,18 @@ static:
 		-ldflags '-s -w -linkmode external -extldflags "-static"' \
 		-o $(STATIC_BIN)/pyisolate ./cmd/pyisolate-shim
 	ln -sf pyisolate $(STATIC_BIN)/containerd-shim-pyisolate-v1
+
+# Container images as docker-archive tars in $(IMAGE_DIR), built offline with
+# no Docker engine (cmd/pyisolate-image, go-containerregistry): the node
+# installer pyisolate-oci:latest (the static binary and a static busybox, as
+# deploy/k8s/installer-daemonset.yaml runs it) and the example pod's members
+# pyisolate-oci-example-host:latest and pyisolate-oci-example-ext:latest.
+# Load them with `ctr -n k8s.io images import FILE`, `docker load -i FILE`
+# or `podman load -i FILE`. Needs busybox-static (BUSYBOX= for another one).
+IMAGE_DIR  ?= build/images
+BUSYBOX    ?=
+image: static
+	$(GO) run -trimpath ./cmd/pyisolate-image -out $(IMAGE_DIR) -binary $(STATIC_BIN)/pyisolate $(if $(BUSYBOX),-busybox $(BUSYBOX))
 
 # The release artefact: the static binary as dist/pyisolate-linux-ARCH with
 # its SHA-256.

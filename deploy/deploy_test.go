@@ -17,10 +17,10 @@ import (
 	"testing"
 
 	"github.com/pyisolate/pyisolate-oci/install"
+	"github.com/pyisolate/pyisolate-oci/spec"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	nodev1 "k8s.io/api/node/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -123,13 +123,29 @@ func TestInstallerDaemonSet(t *testing.T) {
 		t.Error("installer container is not privileged")
 	}
 	if c.Image != "pyisolate-oci:latest" {
-		t.Errorf("image %q, want the documented placeholder pyisolate-oci:latest", c.Image)
+		t.Errorf("image %q, want pyisolate-oci:latest, the image `make image` builds (cmd/pyisolate-image)", c.Image)
+	}
+	if c.ImagePullPolicy != corev1.PullIfNotPresent {
+		t.Errorf("imagePullPolicy %q: the image is loaded on the node, not pulled (IfNotPresent)", c.ImagePullPolicy)
 	}
 	cmd := strings.Join(append(append([]string{}, c.Command...), c.Args...), " ")
 	for _, want := range []string{"pyisolate install", "--containerd-config /host/etc/containerd/config.toml", "--bin-dir /host/usr/local/bin",
 		"--driver-root /host", "--cdi-spec /var/run/cdi/pyisolate-nvidia.yaml", "--cdi-spec-dir /host/etc/cdi --cdi-spec-dir /var/run/cdi", "sleep"} {
 		if !strings.Contains(cmd, want) {
 			t.Errorf("command %q lacks %q", cmd, want)
+		}
+	}
+	// The uninstall command (run in the pod by hand, and by
+	// test/k8s_chain_test.go) names the same config and bin directory.
+	un := ds.Annotations["pyisolate.io/uninstall"]
+	if !strings.HasPrefix(un, "pyisolate uninstall ") {
+		t.Errorf("annotation pyisolate.io/uninstall = %q, want a pyisolate uninstall command", un)
+	}
+	for _, f := range []string{"--containerd-config", "--bin-dir", "--cdi-spec"} {
+		re := regexp.MustCompile(regexp.QuoteMeta(f) + ` (\S+)`)
+		a, b := re.FindStringSubmatch(cmd), re.FindStringSubmatch(un)
+		if a == nil || b == nil || a[1] != b[1] {
+			t.Errorf("%s differs between install (%v) and pyisolate.io/uninstall (%v)", f, a, b)
 		}
 	}
 	mounts := map[string]string{}
@@ -176,57 +192,53 @@ func TestExamplePod(t *testing.T) {
 	if pod.Spec.RuntimeClassName == nil || *pod.Spec.RuntimeClassName != "pyisolate" {
 		t.Fatalf("runtimeClassName = %v", pod.Spec.RuntimeClassName)
 	}
-	vols := map[string]corev1.Volume{}
-	for _, v := range pod.Spec.Volumes {
-		vols[v.Name] = v
+	// The manifest: one pod annotation, which reaches every member.
+	raw, ok := pod.Annotations[spec.AnnotationManifest]
+	if !ok {
+		t.Fatalf("no %s annotation", spec.AnnotationManifest)
 	}
-	shm, ok := vols["shm"]
-	if !ok || shm.EmptyDir == nil || shm.EmptyDir.Medium != corev1.StorageMediumMemory || shm.EmptyDir.SizeLimit == nil {
-		t.Fatalf("volume shm must be an emptyDir of medium Memory with a sizeLimit: %+v", shm)
+	m, err := spec.DecodeManifest([]byte(raw))
+	if err != nil {
+		t.Fatalf("%s: %v", spec.AnnotationManifest, err)
 	}
-	if s, ok := vols["sockets"]; !ok || s.EmptyDir == nil {
-		t.Fatalf("volume sockets must be an emptyDir: %+v", s)
+	if _, _, err := spec.ManifestFromAnnotations(pod.Annotations); err != nil {
+		t.Errorf("the pod's annotations as the shim reads them: %v", err)
 	}
-	if len(pod.Spec.Containers) != 3 {
-		t.Fatalf("%d containers, want a host and two extensions", len(pod.Spec.Containers))
+	if m.ModulePath != "/opt/pyisolate-oci/examples/pyisolate_demo" || !m.ShareTorch || m.Limits.ShmSize == 0 {
+		t.Errorf("manifest: module_path %q share_torch %v shm_size %v", m.ModulePath, m.ShareTorch, m.Limits.ShmSize)
 	}
-	gpus := 0
+	// The module it names is examples/demo's.
+	if _, err := os.Stat(filepath.Join("..", "examples", "demo", filepath.Base(m.ModulePath), "host.py")); err != nil {
+		t.Errorf("module_path %s is not examples/demo's module: %v", m.ModulePath, err)
+	}
+	// An extension refuses binds beyond the CRI's own (spec.ExtensionReplacedBinds):
+	// no volumes, no service account token.
+	if len(pod.Spec.Volumes) > 0 {
+		t.Errorf("volumes %v: every member is an extension, which refuses binds", pod.Spec.Volumes)
+	}
+	if pod.Spec.AutomountServiceAccountToken == nil || *pod.Spec.AutomountServiceAccountToken {
+		t.Error("automountServiceAccountToken must be false: the token would be a bind the extension sandbox refuses")
+	}
+	if pod.Spec.HostNetwork || pod.Spec.HostPID || pod.Spec.HostIPC {
+		t.Error("host namespaces are refused by the sandbox")
+	}
+	want := map[string]string{"host": "pyisolate-oci-example-host:latest", "ext": "pyisolate-oci-example-ext:latest"}
+	if len(pod.Spec.Containers) != len(want) {
+		t.Fatalf("%d containers, want host and ext", len(pod.Spec.Containers))
+	}
 	for _, c := range pod.Spec.Containers {
-		mounts := map[string]string{}
-		for _, m := range c.VolumeMounts {
-			mounts[m.Name] = m.MountPath
+		if c.Image != want[c.Name] {
+			t.Errorf("container %s: image %q, want %q (built by `make image`)", c.Name, c.Image, want[c.Name])
 		}
-		if mounts["shm"] != "/dev/shm" || mounts["sockets"] != "/run/pyisolate" {
-			t.Errorf("container %s: shm at %q, sockets at %q; want /dev/shm and /run/pyisolate", c.Name, mounts["shm"], mounts["sockets"])
+		if c.ImagePullPolicy != corev1.PullNever && c.ImagePullPolicy != corev1.PullIfNotPresent {
+			t.Errorf("container %s: imagePullPolicy %q: the image is loaded on the node, not pulled", c.Name, c.ImagePullPolicy)
 		}
-		if q, ok := c.Resources.Limits["nvidia.com/gpu"]; ok {
-			if q.Cmp(resource.MustParse("1")) != 0 {
-				t.Errorf("container %s: nvidia.com/gpu %s", c.Name, q.String())
-			}
-			gpus++
+		if len(c.VolumeMounts) > 0 {
+			t.Errorf("container %s mounts volumes", c.Name)
 		}
-		// Every extension has its manifest, valid JSON with its name.
-		if c.Name == "comfyui" {
-			continue
+		if sc := c.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
+			t.Errorf("container %s is privileged", c.Name)
 		}
-		key := "io.pyisolate.manifest." + c.Name
-		raw, ok := pod.Annotations[key]
-		if !ok {
-			t.Errorf("extension %s has no %s annotation", c.Name, key)
-			continue
-		}
-		var m map[string]any
-		dec := json.NewDecoder(strings.NewReader(raw))
-		if err := dec.Decode(&m); err != nil {
-			t.Errorf("%s: %v", key, err)
-			continue
-		}
-		if m["name"] != c.Name || m["module_path"] == nil {
-			t.Errorf("%s: name %v module_path %v", key, m["name"], m["module_path"])
-		}
-	}
-	if gpus != 1 {
-		t.Errorf("%d containers ask for nvidia.com/gpu, want 1", gpus)
 	}
 	// The annotations containerd must pass through to the runtime.
 	for k := range pod.Annotations {

@@ -7,10 +7,12 @@ set -euo pipefail
 # busybox-static for minimal rootfs trees, Debian's numpy for the Python
 # extensions, containerd for the shim tests, runc, crun and bubblewrap as the
 # peers in the security report and benchmarks. apparmor for apparmor_parser,
-# which compiles the profile of 'pyisolate install --apparmor' in its tests.
+# which compiles the profile of 'pyisolate install --apparmor' in its tests;
+# the CNI plugins (ptp, host-local) for the pod network of the Kubernetes
+# chain test.
 PKGS=(gcc libc6-dev make pkg-config libseccomp-dev git ca-certificates
       containerd runc crun bubblewrap busybox-static python3 python3-numpy
-      iproute2 procps util-linux apparmor)
+      iproute2 procps util-linux apparmor containernetworking-plugins)
 # torch is large (800 MB); set PYISOLATE_WITH_TORCH=1 to install it for the
 # torch tests, which otherwise skip with a reason.
 if [[ "${PYISOLATE_WITH_TORCH:-0}" == 1 ]]; then PKGS+=(python3-torch); fi
