@@ -207,11 +207,12 @@ func BenchmarkStart(b *testing.B) {
 			ociDirs[w.name] = dir
 		}
 	}
-	ociRun := func(name string, prefix []string) func(w string) error {
+	ociRun := func(name string, prefix []string, bundleKey ...string) func(w string) error {
 		state := filepath.Join(fx.base, name+"-state")
+		key := strings.Join(bundleKey, "")
 		return func(w string) error {
 			id := nextID(name)
-			argv := append(append([]string{}, prefix...), "--root", state, "run", "--bundle", ociDirs[w], id)
+			argv := append(append([]string{}, prefix...), "--root", state, "run", "--bundle", ociDirs[key+w], id)
 			err := benchRun(nil, argv...)
 			if err != nil {
 				del := append(append([]string{}, prefix...), "--root", state, "delete", "-f", id)
@@ -233,6 +234,19 @@ func BenchmarkStart(b *testing.B) {
 			b.Cleanup(stop)
 			add("crun", "", ociRun("crun", prefix))
 		}
+	}
+
+	// runc on the very config.json pyisolate builds for the bundle (`pyisolate
+	// spec`): the same sandbox (user namespace, seccomp, mounts, limits), so
+	// that the same work is compared, not only the same command. Its root is
+	// an empty directory owned by the mapped root, where runc makes the
+	// mount points itself.
+	if _, ok := secLookPath("runc"); !ok || tools.pyisolate == "" {
+		add("runc-pyisolate-config", "runc or bin/pyisolate unavailable", nil)
+	} else if err := benchPyisolateConfigBundles(b, tools, fx, pyRoot, ociDirs); err != nil {
+		add("runc-pyisolate-config", "pyisolate spec: "+err.Error(), nil)
+	} else {
+		add("runc-pyisolate-config", "", ociRun("runc-pyisolate-config", []string{"runc"}, "pycfg-"))
 	}
 
 	// bwrap with pyisolate's arguments, as nobody.
@@ -288,7 +302,7 @@ func BenchmarkStart(b *testing.B) {
 	if rlUsr != nil {
 		rlCheckNoLeaks(b, rlUsr, fx, fmt.Sprintf("bench-rl-%d-", os.Getpid()))
 	}
-	for _, name := range []string{"runc", "crun"} {
+	for _, name := range []string{"runc", "crun", "runc-pyisolate-config"} {
 		if ents, _ := os.ReadDir(filepath.Join(fx.base, name+"-state")); len(ents) > 0 {
 			b.Errorf("%s left %d containers in its state dir", name, len(ents))
 		}
@@ -398,4 +412,44 @@ func benchTable(n int, rts []*benchRuntime, med map[string]map[string]float64) s
 		fmt.Fprintf(&sb, "pyisolate/runc (/bin/true) = %.2f: %s the target of ≤ 0.5\n", r, verdict)
 	}
 	return sb.String()
+}
+
+// benchPyisolateConfigBundles writes, for each workload, a bundle whose
+// config.json is the one `pyisolate spec` prints for fx's bundle, with the
+// workload's command and a root of its own owned by the mapped root; their
+// directories go to dirs["pycfg-"+workload].
+func benchPyisolateConfigBundles(b *testing.B, tools *secTools, fx *secFixture, root string, dirs map[string]string) error {
+	res := secExec(60*time.Second, nil, nil, tools.pyisolate, "spec", "--root", root, "--id", "benchcfg", "--bundle", fx.bundle)
+	if res.code != 0 {
+		return fmt.Errorf("exit %d: %s", res.code, secFirstLine(string(res.stderr)))
+	}
+	for _, w := range benchWorkloads {
+		var cfg map[string]any
+		if err := json.Unmarshal(res.stdout, &cfg); err != nil {
+			return err
+		}
+		dir := filepath.Join(fx.base, "pycfg-"+w.name)
+		rootfs := filepath.Join(dir, "rootfs")
+		if err := os.MkdirAll(rootfs, 0o755); err != nil {
+			return err
+		}
+		if err := os.Chown(rootfs, 100000, 100000); err != nil {
+			return err
+		}
+		cfg["root"] = map[string]any{"path": rootfs, "readonly": true}
+		proc := cfg["process"].(map[string]any)
+		proc["args"] = w.argv
+		if l, ok := cfg["linux"].(map[string]any); ok {
+			l["cgroupsPath"] = "/pyisolate/bench-runc-pycfg-" + w.name
+		}
+		data, err := json.MarshalIndent(cfg, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o644); err != nil {
+			return err
+		}
+		dirs["pycfg-"+w.name] = dir
+	}
+	return nil
 }
