@@ -467,6 +467,7 @@ func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts Create
 		if derr := c.Delete(context.WithoutCancel(ctx), true); derr != nil && err == nil {
 			err = derr
 		}
+		Phase("delete (cgroups, state, rootfs)")
 	}()
 	if cons := c.Console(); cons != nil && opts.Console != nil {
 		opts.Console(cons)
@@ -493,10 +494,13 @@ func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts Create
 	if err := c.Start(ctx); err != nil {
 		return ExitStatus{}, err
 	}
+	Phase("start: capabilities, seccomp, exec")
 	if opts.Started != nil {
 		if st, err := c.State(); err == nil && st.InitPID > 0 {
 			opts.Started(st.InitPID)
 		}
 	}
-	return c.init.Wait(context.WithoutCancel(ctx))
+	st, err = c.init.Wait(context.WithoutCancel(ctx))
+	Phase("the process ran and was reaped")
+	return st, err
 }

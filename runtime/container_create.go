@@ -153,6 +153,7 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 		}
 		defer r.unpin(id, pin) // once the init has made its mounts, or on error
 	}
+	Phase("pin bind sources")
 	rootless := Rootless()
 	if !opts.Systemd && !rootless && ls.Linux != nil && ls.Linux.CgroupsPath == "" {
 		// Rootless, an empty path lets libcontainer skip the cgroups it
@@ -194,10 +195,12 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 			return nil, fmt.Errorf("create container %s: %w", id, err)
 		}
 	}
+	Phase("spec to libcontainer config, mount points")
 	lc, err := libcontainer.Create(r.root(), id, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
+	Phase("libcontainer create (state, cgroups)")
 	proc.Init = true
 	proc.Stdin, proc.Stdout, proc.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
 	var cons *Console
@@ -209,6 +212,7 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 		_ = lc.Destroy()
 		return nil, fmt.Errorf("create container %s: start init: %w", id, err)
 	}
+	Phase("init started: namespaces, mounts, pivot (created)")
 	c := &Container{rt: r, lc: lc}
 	c.init = newOwnedProcess(c, proc, 0)
 	c.init.console = cons

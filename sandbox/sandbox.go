@@ -220,6 +220,7 @@ func Prepare(ctx context.Context, req Request) (_ *Container, retErr error) {
 	if err != nil {
 		return nil, err
 	}
+	runtime.Phase("host profile (cached)")
 	host := prof.SpecHost()
 	if ld.Manifest == nil {
 		return preparePlain(ctx, req, ld.Config, host)
@@ -282,6 +283,7 @@ func prepareExtension(ctx context.Context, req Request, bundle string, ld *Loade
 		return nil, err
 	}
 	c.Group, c.GroupName = g, name
+	runtime.Phase("isolation group joined")
 	defer func() {
 		if retErr != nil {
 			c.Release(context.WithoutCancel(ctx))
@@ -299,6 +301,7 @@ func prepareExtension(ctx context.Context, req Request, bundle string, ld *Loade
 	if err != nil {
 		return nil, userErr(fmt.Errorf("manifest: %w", err))
 	}
+	runtime.Phase("spec built")
 	if req.ClientProcess && plain != nil && plain.Process != nil {
 		if len(plain.Process.Args) > 0 {
 			s.Process.Args = plain.Process.Args
@@ -324,6 +327,7 @@ func prepareExtension(ctx context.Context, req Request, bundle string, ld *Loade
 		}
 		return nil, err
 	}
+	runtime.Phase("devices (CDI)")
 	if err := prepareRootlessCgroup(prof, s); err != nil {
 		return nil, err
 	}

@@ -173,6 +173,10 @@ type runRequest struct {
 
 // runBundle runs one bundle and returns the exit status for the CLI.
 func runBundle(ctx context.Context, req runRequest) int {
+	if os.Getenv(timingEnv) != "" {
+		stop := startTiming()
+		defer stop()
+	}
 	bundle, err := filepath.Abs(req.Bundle)
 	if err != nil {
 		return fail(exitUsage, "run: bundle %q: %v", req.Bundle, err)
@@ -185,6 +189,7 @@ func runBundle(ctx context.Context, req runRequest) int {
 	if code := checkBundle(ctx, req.Root, bundle, m, plain); code >= 0 {
 		return code
 	}
+	runtime.Phase("bundle loaded and checked")
 	id := req.ID
 	if id == "" {
 		name := filepath.Base(bundle)
@@ -205,6 +210,7 @@ func runBundle(ctx context.Context, req runRequest) int {
 		return fail(exitRuntime, "run: %v", err)
 	}
 	defer res.Release() // last: after the container is deleted and the group left
+	runtime.Phase("orphans reclaimed, id reserved")
 	c, err := sandbox.Prepare(ctx, sandbox.Request{
 		Bundle: bundle, ID: id, Runtime: r, Loaded: ld, Group: req.Group, Policy: req.Policy,
 		Groups: &sandbox.RunGroups{Root: req.Root, Retention: req.Retention, Warn: func(msg string) {
