@@ -161,13 +161,8 @@ func CheckPolicy(s *specs.Spec, p Policy, hc HostChecks) error {
 	if l == nil {
 		l = &specs.Linux{}
 	}
-	if l.Resources != nil {
-		for i, d := range l.Resources.Devices {
-			if d.Allow && (d.Type == "" || d.Type == "a") && d.Major == nil && d.Minor == nil &&
-				(strings.ContainsAny(d.Access, "rw") || d.Access == "") {
-				return refuse(fmt.Sprintf("linux.resources.devices[%d]", i), "allows every device (a privileged container)")
-			}
-		}
+	if err := checkPrivileged(l, refuse); err != nil {
+		return err
 	}
 	if s.Process != nil {
 		if err := checkCapabilities("process.capabilities", s.Process.Capabilities, p); err != nil {
@@ -200,14 +195,8 @@ func CheckPolicy(s *specs.Spec, p Policy, hc HostChecks) error {
 				d.Path, strings.Join(GPUDevicePaths, ", "))
 		}
 	}
-	for _, t := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.IPCNamespace, specs.NetworkNamespace} {
-		ns, ok := findNamespace(l, t)
-		switch {
-		case !ok:
-			return refuse("linux.namespaces", "no %s namespace: the container would share the host's", t)
-		case ns.Path != "" && hc.IsHostNamespace != nil && hc.IsHostNamespace(t, ns.Path):
-			return refuse("linux.namespaces", "%s namespace %s is the host's", t, ns.Path)
-		}
+	if err := checkHostNamespaces(l, hc, refuse); err != nil {
+		return err
 	}
 	resolve := hc.Resolve
 	if resolve == nil {
@@ -386,17 +375,45 @@ func CheckExtensionRequest(s *specs.Spec, hc HostChecks) error {
 	if l == nil {
 		l = &specs.Linux{}
 	}
-	if l.Resources != nil {
-		for i, d := range l.Resources.Devices {
-			if d.Allow && (d.Type == "" || d.Type == "a") && d.Major == nil && d.Minor == nil &&
-				(strings.ContainsAny(d.Access, "rw") || d.Access == "") {
-				return refuse(fmt.Sprintf("linux.resources.devices[%d]", i), "allows every device (a privileged container)")
-			}
-		}
+	if err := checkPrivileged(l, refuse); err != nil {
+		return err
 	}
 	if len(l.Devices) > 0 {
 		return refuse("linux.devices[0]", "host device %s (an extension gets GPUs from its manifest's gpus)", l.Devices[0].Path)
 	}
+	if err := checkHostNamespaces(l, hc, refuse); err != nil {
+		return err
+	}
+	for _, m := range s.Mounts {
+		if isBind(m) && !slices.Contains(ExtensionReplacedBinds, filepath.Clean(m.Destination)) {
+			return refuse(fmt.Sprintf("mounts[%s]", m.Destination),
+				"binds %s: an extension's paths come from its manifest (sandbox.writable_paths, sandbox.readonly_paths)", m.Source)
+		}
+	}
+	return nil
+}
+
+// refuseFunc makes the PolicyError of one rule.
+type refuseFunc func(field, format string, a ...any) error
+
+// checkPrivileged refuses a device rule allowing every device: what a
+// privileged container asks for.
+func checkPrivileged(l *specs.Linux, refuse refuseFunc) error {
+	if l.Resources == nil {
+		return nil
+	}
+	for i, d := range l.Resources.Devices {
+		if d.Allow && (d.Type == "" || d.Type == "a") && d.Major == nil && d.Minor == nil &&
+			(strings.ContainsAny(d.Access, "rw") || d.Access == "") {
+			return refuse(fmt.Sprintf("linux.resources.devices[%d]", i), "allows every device (a privileged container)")
+		}
+	}
+	return nil
+}
+
+// checkHostNamespaces refuses the host's PID, IPC or network namespace:
+// missing from the request, or joined by a path to the host's own.
+func checkHostNamespaces(l *specs.Linux, hc HostChecks, refuse refuseFunc) error {
 	for _, t := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.IPCNamespace, specs.NetworkNamespace} {
 		ns, ok := findNamespace(l, t)
 		switch {
@@ -404,12 +421,6 @@ func CheckExtensionRequest(s *specs.Spec, hc HostChecks) error {
 			return refuse("linux.namespaces", "no %s namespace: the container would share the host's", t)
 		case ns.Path != "" && hc.IsHostNamespace != nil && hc.IsHostNamespace(t, ns.Path):
 			return refuse("linux.namespaces", "%s namespace %s is the host's", t, ns.Path)
-		}
-	}
-	for _, m := range s.Mounts {
-		if isBind(m) && !slices.Contains(ExtensionReplacedBinds, filepath.Clean(m.Destination)) {
-			return refuse(fmt.Sprintf("mounts[%s]", m.Destination),
-				"binds %s: an extension's paths come from its manifest (sandbox.writable_paths, sandbox.readonly_paths)", m.Source)
 		}
 	}
 	return nil
