@@ -186,6 +186,14 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	if cgroups.DevicesSetV1 == nil && !cfg.Cgroups.SkipDevices {
 		return nil, fmt.Errorf("create container %s: %w", id, errNoDevices)
 	}
+	if len(opts.RootfsDirs) > 0 {
+		if !empty {
+			return nil, fmt.Errorf("create container %s: directories are only made in an empty rootfs (EmptyRootfs)", id)
+		}
+		if err := makeDirs(cfg.Rootfs, opts.RootfsDirs); err != nil {
+			return nil, fmt.Errorf("create container %s: %w", id, err)
+		}
+	}
 	if empty || pinRootfs {
 		if err := makeMountpoints(cfg.Rootfs, cfg.Mounts); err != nil {
 			return nil, fmt.Errorf("create container %s: %w", id, err)
@@ -298,6 +306,28 @@ func makeMountpoints(rootfs string, mounts []*configs.Mount) error {
 		if err == nil {
 			unix.Close(fd)
 		}
+	}
+	return nil
+}
+
+// makeDirs creates dirs (absolute paths inside the container) in rootfs,
+// mode 0755, beneath it without following symlinks out of it (pathrs-lite).
+func makeDirs(rootfs string, dirs []string) error {
+	root, err := os.OpenFile(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open rootfs: %w", err)
+	}
+	defer root.Close()
+	for _, d := range dirs {
+		dst := filepath.Clean("/" + d)
+		if dst == "/" {
+			continue
+		}
+		h, err := pathrs.MkdirAllHandle(root, dst, 0o755)
+		if err != nil {
+			return fmt.Errorf("create directory %s: %w", dst, err)
+		}
+		h.Close()
 	}
 	return nil
 }
