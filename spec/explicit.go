@@ -479,8 +479,10 @@ func (b *builder) explicitMounts(r *Explicit) ([]specs.Mount, []string, error) {
 		case MountTmpfs:
 			add(m.Dest, "tmpfs", "tmpfs", "nosuid", "nodev", "mode=755", tmpSize)
 		case MountSysfs:
-			if b.h.Rootless && r.Network {
-				// See mounts(): sysfs needs a network namespace of one's own.
+			if r.Network && !b.dropped(DropUserNamespace) {
+				// A user namespace may mount sysfs only with a network
+				// namespace of its own (see mounts()): with the host's
+				// network, a read-only bind of the host's /sys instead.
 				add("/sys", "bind", "/sys", "rbind", "nosuid", "noexec", "nodev", "ro")
 			} else {
 				add("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro")
