@@ -102,6 +102,16 @@ type CreateOptions struct {
 	// it: it keeps the OS thread that forked the init alive until the
 	// container exits (the parent-death signal follows that thread).
 	DieWithParent bool
+	// NoSignalForwarding keeps Run from passing the signals it receives on
+	// to the container's init: the caller handles them (the bwrap face dies
+	// of them, as bwrap does, after cancelling Run's context, which kills
+	// the container).
+	NoSignalForwarding bool
+	// RootfsDirs are directories (absolute paths inside the container) that
+	// Create makes in an empty root filesystem (EmptyRootfs) before the
+	// mounts, beneath the rootfs without following symlinks out of it:
+	// bwrap's --dir on a root that is read-only once the container runs.
+	RootfsDirs []string
 	// PinSources lists bind mount sources (absolute, symlink-free paths that
 	// the caller checked) that must be bound as the very objects checked:
 	// see pin.go. Those a spec built by spec.Build records
@@ -456,8 +466,10 @@ func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts Create
 		defer goruntime.UnlockOSThread()
 	}
 	sigc := make(chan os.Signal, 8)
-	signal.Notify(sigc, forwardedSignals...)
-	defer signal.Stop(sigc)
+	if !opts.NoSignalForwarding {
+		signal.Notify(sigc, forwardedSignals...)
+		defer signal.Stop(sigc)
+	}
 
 	c, err := r.Create(ctx, id, s, opts)
 	if err != nil {

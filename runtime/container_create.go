@@ -187,6 +187,14 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	if cgroups.DevicesSetV1 == nil && !cfg.Cgroups.SkipDevices {
 		return nil, fmt.Errorf("create container %s: %w", id, errNoDevices)
 	}
+	if len(opts.RootfsDirs) > 0 {
+		if !empty {
+			return nil, fmt.Errorf("create container %s: directories are only made in an empty rootfs (EmptyRootfs)", id)
+		}
+		if err := makeDirs(cfg.Rootfs, opts.RootfsDirs); err != nil {
+			return nil, fmt.Errorf("create container %s: %w", id, err)
+		}
+	}
 	if empty || pinRootfs {
 		// Our own empty rootfs holds nothing anyone else wrote: plain
 		// mkdir is safe there and costs a tenth of the checked walk a
@@ -346,6 +354,28 @@ func makeMountpointsOwn(rootfs string, mounts []*configs.Mount) error {
 			return fmt.Errorf("create mount point %s: %w", dst, err)
 		}
 		f.Close()
+	}
+	return nil
+}
+
+// makeDirs creates dirs (absolute paths inside the container) in rootfs,
+// mode 0755, beneath it without following symlinks out of it (pathrs-lite).
+func makeDirs(rootfs string, dirs []string) error {
+	root, err := os.OpenFile(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open rootfs: %w", err)
+	}
+	defer root.Close()
+	for _, d := range dirs {
+		dst := filepath.Clean("/" + d)
+		if dst == "/" {
+			continue
+		}
+		h, err := pathrs.MkdirAllHandle(root, dst, 0o755)
+		if err != nil {
+			return fmt.Errorf("create directory %s: %w", dst, err)
+		}
+		h.Close()
 	}
 	return nil
 }

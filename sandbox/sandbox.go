@@ -100,6 +100,10 @@ type Container struct {
 	Policy spec.Policy
 	// Host is the host profile the spec was built for.
 	Host spec.Host
+	// RootfsDirs are directories to create in the empty root filesystem
+	// before the mounts (runtime.CreateOptions.RootfsDirs): an explicit
+	// request's --dir.
+	RootfsDirs []string
 
 	groups Groups
 	id     string

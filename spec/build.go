@@ -298,6 +298,13 @@ func Build(m *Manifest, h Host, o Options) (*specs.Spec, error) {
 	if paths, err := json.Marshal(UserPaths(m)); err == nil {
 		s.Annotations[AnnotationUserPaths] = string(paths)
 	}
+	b.annotate(s)
+	return s, nil
+}
+
+// annotate records on s the defaults the builder applied and what it
+// dropped (AnnotationDefaults, AnnotationDegraded).
+func (b *builder) annotate(s *specs.Spec) {
 	if len(b.defaults) > 0 {
 		// In a fixed order, whatever order the builder met them in.
 		order := []string{"limits.memory", "limits.pids", "cpu.shares", "limits.tmp_size"}
@@ -315,7 +322,6 @@ func Build(m *Manifest, h Host, o Options) (*specs.Spec, error) {
 		}
 		s.Annotations[AnnotationDegraded] = strings.Join(names, ",")
 	}
-	return s, nil
 }
 
 // DegradedList returns the degradations recorded in a spec built by Build.
@@ -394,21 +400,28 @@ func (b *builder) process() *specs.Process {
 		Env:  b.env(),
 		// The module's parent, so that `python -m <module>` and the
 		// module's own relative imports work with any command.
-		Cwd:             path.Dir(m.ModulePath),
-		NoNewPrivileges: true,
-		// Empty, non-nil sets: every capability dropped.
-		Capabilities: &specs.LinuxCapabilities{
-			Bounding: []string{}, Effective: []string{}, Permitted: []string{},
-		},
+		Cwd:     path.Dir(m.ModulePath),
 		Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
 	}
 	if len(p.Args) == 0 {
 		p.Args = []string{m.python(), "-m", path.Base(m.ModulePath)}
 	}
+	b.harden(p)
+	return p
+}
+
+// harden applies to p what every sandboxed process gets: no_new_privileges,
+// every capability dropped, and host uid and gid 65534 (nobody) when there
+// is no user namespace.
+func (b *builder) harden(p *specs.Process) {
+	p.NoNewPrivileges = true
+	// Empty, non-nil sets: every capability dropped.
+	p.Capabilities = &specs.LinuxCapabilities{
+		Bounding: []string{}, Effective: []string{}, Permitted: []string{},
+	}
 	if b.dropped(DropUserNamespace) {
 		p.User = specs.User{UID: NobodyID, GID: NobodyID}
 	}
-	return p
 }
 
 // env builds the process environment: the inherited part (all of HostEnv for

@@ -36,6 +36,10 @@ func installMain(verb string, args []string) int {
 		"uninstall": "unload and remove /etc/apparmor.d/pyisolate",
 	}[verb])
 	apparmorDir := fs.String("apparmor-dir", install.DefaultAppArmorDir, "directory of AppArmor profiles (with --apparmor)")
+	bwrapShim := fs.String("bwrap-shim", "", map[string]string{
+		"install":   "only the bubblewrap face: make DIR/bwrap a link to this binary, so that pyisolate (which runs bwrap from PATH) runs its extensions in pyisolate-oci's sandbox once DIR is first on PATH; no root needed",
+		"uninstall": "only the bubblewrap face: remove the link DIR/bwrap",
+	}[verb])
 	var apparmorBinary *string
 	if verb == "install" {
 		apparmorBinary = fs.String("apparmor-binary", "", "binary the AppArmor profile attaches to (default: this binary, symbolic links resolved)")
@@ -54,6 +58,9 @@ func installMain(verb string, args []string) int {
 	}
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "%s: unexpected argument %q", verb, fs.Arg(0))
+	}
+	if *bwrapShim != "" {
+		return bwrapShimMain(verb, *bwrapShim, *dryRun)
 	}
 	if *apparmor {
 		ao := install.AppArmorOptions{Dir: *apparmorDir, DryRun: *dryRun}
@@ -221,5 +228,45 @@ func apparmorMain(verb string, o install.AppArmorOptions) int {
 	if err != nil {
 		return fail(1, "%s: %v", verb, err)
 	}
+	return 0
+}
+
+// bwrapShimMain is `install --bwrap-shim DIR` and `uninstall --bwrap-shim DIR`.
+func bwrapShimMain(verb, dir string, dryRun bool) int {
+	p := func(format string, a ...any) { fmt.Printf("pyisolate "+verb+": "+format+"\n", a...) }
+	bin, err := os.Executable()
+	if err == nil {
+		bin, err = filepath.EvalSymlinks(bin)
+	}
+	if err != nil {
+		return fail(1, "%s: --bwrap-shim: this binary's path: %v", verb, err)
+	}
+	o := install.BwrapShimOptions{Dir: dir, Binary: bin, DryRun: dryRun}
+	var res *install.BwrapShimResult
+	if verb == "install" {
+		res, err = install.InstallBwrapShim(o)
+	} else {
+		res, err = install.UninstallBwrapShim(o)
+	}
+	if err != nil {
+		return fail(1, "%s: --bwrap-shim: %v", verb, err)
+	}
+	state := map[bool]string{true: "installed", false: "unchanged"}[res.Changed]
+	if verb == "uninstall" {
+		state = map[bool]string{true: "removed", false: "not present"}[res.Changed]
+	}
+	if dryRun && res.Changed {
+		state = "dry run: would be " + state
+	}
+	if verb == "install" {
+		p("%s -> %s: %s", res.Link, bin, state)
+		for _, n := range res.Notes {
+			p("%s", n)
+		}
+		p("put it first on PATH (in your shell profile too) before starting pyisolate's host:")
+		fmt.Println(res.PathLine)
+		return 0
+	}
+	p("%s: %s", res.Link, state)
 	return 0
 }

@@ -3,6 +3,8 @@
 //
 //   - containerd-shim-pyisolate-v1: a containerd shim v2 (runtime type
 //     io.containerd.pyisolate.v1);
+//   - bwrap: the bubblewrap face (bwrap.go), which runs a bwrap command line
+//     as pyisolate builds it in the runtime's sandbox;
 //   - anything else (pyisolate): the command-line interface, which runs
 //     bundles directly without containerd.
 //
@@ -44,11 +46,17 @@ func register(name, summary string, run func(args []string) int) {
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "init" {
+	name := filepath.Base(os.Args[0])
+	// "bwrap init ..." is a bwrap command line running a program called
+	// init, unless libcontainer started it (its init pipe is set).
+	if len(os.Args) > 1 && os.Args[1] == "init" && (name != BwrapName || os.Getenv("_LIBCONTAINER_INITPIPE") != "") {
 		containerInit() // never returns
 	}
-	if filepath.Base(os.Args[0]) == ShimName {
+	switch name {
+	case ShimName:
 		os.Exit(shimMain())
+	case BwrapName:
+		os.Exit(bwrapMain(os.Args[1:]))
 	}
 	os.Exit(cliMain(os.Args[1:]))
 }
