@@ -501,11 +501,12 @@ func (b *builder) mounts() []specs.Mount {
 		add("/proc", "proc", "proc", "nosuid", "noexec", "nodev")
 		add("/dev", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k")
 		add("/dev/pts", "devpts", "devpts", "nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620")
-		if b.h.Rootless && m.Sandbox.Network {
+		if !b.dropped(DropUserNamespace) && m.Sandbox.Network {
 			// sysfs may be mounted only by the owner of the network
-			// namespace: a rootless container sharing the host's network
-			// gets a read-only bind of the host's /sys instead (what
-			// `runc spec --rootless` writes).
+			// namespace: a container in a user namespace (rootless or
+			// not) sharing the host's network gets a read-only bind of
+			// the host's /sys instead (what `runc spec --rootless`
+			// writes).
 			add("/sys", "bind", "/sys", "rbind", "nosuid", "noexec", "nodev", "ro")
 		} else {
 			add("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro")

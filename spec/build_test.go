@@ -694,3 +694,41 @@ func TestBuildRootless(t *testing.T) {
 		t.Errorf("HostDegradations(root) = %v, want nil", got)
 	}
 }
+
+// TestBuildSysWithHostNetwork: a container in a user namespace that shares
+// the host's network cannot mount sysfs (only the network namespace's owner
+// may), as root too: it gets a read-only bind of /sys; with its own network
+// namespace, or without a user namespace, a fresh read-only sysfs.
+func TestBuildSysWithHostNetwork(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		network     bool
+		restriction Restriction
+		want        string
+	}{
+		{"userns, own network", false, RestrictionNone, "sysfs"},
+		{"userns, host network", true, RestrictionNone, "bind"},
+		{"no userns, host network", true, RestrictionAppArmor, "sysfs"},
+	} {
+		m := sampleManifest()
+		m.Sandbox.Network = tc.network
+		h := fullHost()
+		h.Restriction = tc.restriction
+		s, err := Build(m, h, sampleOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		for _, mt := range s.Mounts {
+			if mt.Destination == "/sys" {
+				got = mt.Type
+				if !slices.Contains(mt.Options, "ro") {
+					t.Errorf("%s: /sys is not read-only: %v", tc.name, mt.Options)
+				}
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%s: /sys is a %q mount, want %q", tc.name, got, tc.want)
+		}
+	}
+}

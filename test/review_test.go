@@ -532,3 +532,22 @@ type secRuntimeCheck struct {
 	problem string // "" when blocked
 	summary string
 }
+
+// An extension with sandbox.network shares the host's network from its own
+// user namespace, where sysfs cannot be mounted: it runs, with the host's
+// /sys bound read-only (a1b6560 failed its start with "mounting sysfs:
+// operation not permitted").
+func TestNetworkExtensionRuns(t *testing.T) {
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	fx := newSecFixture(t, tools)
+	m := fx.secManifest([]string{"/bin/sh", "-c", "test -d /sys/class && ! touch /sys/x 2>/dev/null && echo sys-ro"})
+	m["sandbox"] = map[string]any{"network": true}
+	writeManifest(t, fx.bundle, m)
+	id := secID("net")
+	res := secRunPyisolate(tools, fx, id, 60*time.Second)
+	if res.code != 0 || strings.TrimSpace(string(res.stdout)) != "sys-ro" {
+		t.Fatalf("an extension with network: %s", res)
+	}
+	secCheckNoLeaks(t, fx.root, fx.base, id)
+}
