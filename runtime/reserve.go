@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
@@ -133,7 +134,7 @@ func (r *Runtime) lockID(id string, create bool) (*Reservation, string, error) {
 		if err != nil {
 			return nil, "", err
 		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if err := flockBriefly(f); err != nil {
 			f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
 				return nil, "", ErrIDInUse
@@ -227,6 +228,13 @@ func (r *Runtime) ReclaimOrphans(ctx context.Context) ([]string, error) {
 		if checkID(id) != nil {
 			continue
 		}
+		// Only a run's lock can be an orphan's. Reading first keeps this
+		// scan off the locks of ids being reserved right now (a file made
+		// but not yet locked is empty), which a transient lock of ours
+		// would make fail.
+		if data, err := os.ReadFile(r.lockPath(id)); err != nil || prevOwner(string(data)) != OwnerRun {
+			continue
+		}
 		res, prev, err := r.lockID(id, false)
 		if err != nil {
 			continue // held by a live process, or removed meanwhile
@@ -251,4 +259,19 @@ func (r *Runtime) dropStaleLock(id string) {
 	if res, _, err := r.lockID(id, false); err == nil {
 		res.Release()
 	}
+}
+
+// flockBriefly takes an exclusive flock on f, riding out a holder that keeps
+// it for a moment (another process's orphan scan, dropStaleLock): it tries
+// for about 50 ms before it says EWOULDBLOCK. A live owner holds the lock
+// for its container's whole life.
+func flockBriefly(f *os.File) error {
+	var err error
+	for i := 0; i < 10; i++ {
+		if err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); !errors.Is(err, unix.EWOULDBLOCK) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return err
 }

