@@ -213,6 +213,10 @@ func confStart(t *testing.T, handlers []confHandler) *confEnv {
 		t.Fatal(err)
 	}
 	t.Logf("registry on %s: %d images", e.reg.addr, len(imgs))
+	if confBusyboxStandalone {
+		confSkips = append(confSkips, confSkip{`Security Context bucket runtime should support MaskedPaths`,
+			"only Debian's busybox-static was at hand (scripts/install-deps.sh unpacks the dynamic one): its shell runs `ls` itself, so masking /bin/ls cannot show"})
+	}
 
 	// The binary under test and its shim name.
 	criBuildPyisolate(t, filepath.Join(e.bin, "pyisolate"))
