@@ -473,7 +473,7 @@ func confParse(path string) (map[string]confSpec, error) {
 
 // confFirstLine shortens a failure message to the line that says why: the
 // gRPC error where there is one, else the message with its whitespace
-// collapsed.
+// collapsed, container ids and Go pointers left out.
 func confFirstLine(msg string) string {
 	if i := strings.Index(msg, "rpc error:"); i >= 0 {
 		msg = msg[i:]
@@ -482,11 +482,23 @@ func confFirstLine(msg string) string {
 		}
 	}
 	msg = strings.Join(strings.Fields(msg), " ")
-	if len(msg) > 240 {
-		msg = msg[:240] + "..."
+	msg = confPointer.ReplaceAllString(msg, "")
+	msg = confTypeTag.ReplaceAllString(msg, "")
+	msg = confHexID.ReplaceAllString(msg, "<id>")
+	if i := strings.Index(msg, " { "); i > 0 { // gomega's dump of the error value
+		msg = msg[:i]
+	}
+	if len(msg) > 300 {
+		msg = msg[:300] + "..."
 	}
 	return msg
 }
+
+var (
+	confHexID   = regexp.MustCompile(`[0-9a-f]{64}`)
+	confPointer = regexp.MustCompile(` \| 0x[0-9a-f]+`)
+	confTypeTag = regexp.MustCompile(`<\*?[A-Za-z.]+>: `)
+)
 
 // runCritest runs the suite against one handler and returns its results.
 func (e *confEnv) runCritest(t *testing.T, critest, outDir string, h confHandler, focus string, timeout time.Duration) map[string]confSpec {
