@@ -34,7 +34,8 @@ package test
 //
 // Opt in with PYISOLATE_CONFORMANCE=1 (all specs) or PYISOLATE_CONFORMANCE=ci
 // (the policy subset, confCIFocus); `make conformance` and
-// `make conformance-ci` set it. PYISOLATE_CONFORMANCE_HANDLERS=runc,pyisolate
+// `make conformance-ci` set it. PYISOLATE_CONFORMANCE=render only redraws the
+// table and checks from the JSON reports in build/. PYISOLATE_CONFORMANCE_HANDLERS=runc,pyisolate
 // limits the handlers; PYISOLATE_CONFORMANCE_FOCUS sets a ginkgo focus regex.
 // Needs root, containerd 1.6 (ctr), Go, busybox-static, ipcmk (util-linux)
 // and the CNI plugins in /usr/lib/cni; skips with the reason otherwise.
@@ -76,6 +77,13 @@ var confCRIFailures = []confSkip{
 		"containerd 1.6 answers StopPodSandbox of an unknown id with NotFound (idempotent from 1.7)"},
 	{`Idempotence StopContainer should not return an error if not found`,
 		"containerd 1.6 answers StopContainer of an unknown id with NotFound (idempotent from 1.7)"},
+}
+
+// confFlaky are specs that sometimes fail under runc on this machine: a
+// failure of theirs is shown but asserted for no handler.
+var confFlaky = []confSkip{
+	{`should terminate with exitCode 137 and reason OOMKilled`,
+		"containerd 1.6 on cgroup v1 sometimes reports an OOM kill's reason as Error when the exit beats the OOM event (seen under runc on a loaded 2-core machine)"},
 }
 
 // confCIFocus is the subset CI runs: the specs where a sandboxing policy
@@ -604,6 +612,7 @@ func confTable(handlers []confHandler, results []map[string]confSpec, header str
 	}
 	section("\nSkipped by name (fail under runc too on an offline machine):\n", confSkips)
 	section("\nExpected to fail under runc (containerd 1.6's CRI, whatever the runtime):\n", confCRIFailures)
+	section("\nFlaky under runc here (shown, not asserted):\n", confFlaky)
 	section("\nDocumented floors of hardened (may differ from runc):\n", confFloors)
 	if len(results) > 1 {
 		b.WriteString("\nSpecs whose result differs from " + handlers[0].name + ":\n")
@@ -677,24 +686,35 @@ func TestConformance(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	e := confStart(t, handlers)
-	critest := confCritest(t)
 	ctrdVersion, _ := exec.Command("containerd", "--version").Output()
 	runcVersion, _ := exec.Command("runc", "--version").Output()
-
-	timeout := 40 * time.Minute
-	if focus != "" {
-		timeout = 15 * time.Minute
-	}
 	var results []map[string]confSpec
 	var took []string
-	for _, h := range handlers {
-		start := time.Now()
-		results = append(results, e.runCritest(t, critest, outDir, h, focus, timeout))
-		took = append(took, fmt.Sprintf("%s %s", h.name, time.Since(start).Round(time.Second)))
-	}
-	if m := e.reg.misses(); len(m) > 0 {
-		t.Logf("registry: asked for repositories it does not hold: %q", m)
+	if mode == "render" {
+		// Only the table and the checks, from the JSON reports of an earlier run.
+		for _, h := range handlers {
+			res, err := confParse(filepath.Join(outDir, "conformance-"+h.name+".json"))
+			if err != nil {
+				t.Skipf("conformance: render: %v", err)
+			}
+			results = append(results, res)
+		}
+		took = []string{"(rendered from build/conformance-*.json)"}
+	} else {
+		e := confStart(t, handlers)
+		critest := confCritest(t)
+		timeout := 40 * time.Minute
+		if focus != "" {
+			timeout = 15 * time.Minute
+		}
+		for _, h := range handlers {
+			start := time.Now()
+			results = append(results, e.runCritest(t, critest, outDir, h, focus, timeout))
+			took = append(took, fmt.Sprintf("%s %s", h.name, time.Since(start).Round(time.Second)))
+		}
+		if m := e.reg.misses(); len(m) > 0 {
+			t.Logf("registry: asked for repositories it does not hold: %q", m)
+		}
 	}
 
 	header := fmt.Sprintf("critest %s on containerd %s, runc %s; %s specs; time %s\n",
@@ -718,7 +738,9 @@ func TestConformance(t *testing.T) {
 	}
 	runc := results[ri]
 	for name, s := range runc {
-		if _, known := confMatches(name, confCRIFailures); s.state == "failed" && !known {
+		_, known := confMatches(name, confCRIFailures)
+		_, flaky := confMatches(name, confFlaky)
+		if s.state == "failed" && !known && !flaky {
 			t.Errorf("runc fails %q (%s): an environment problem for the harness, or a spec to skip by name with a reason", name, s.message)
 		}
 	}
@@ -729,6 +751,9 @@ func TestConformance(t *testing.T) {
 			t.Errorf("pyisolate-faithful passes %d specs, runc %d", fp, rp)
 		}
 		for name, s := range runc {
+			if _, flaky := confMatches(name, confFlaky); flaky {
+				continue
+			}
 			if f := results[fi][name]; s.state == "passed" && f.state != "passed" {
 				t.Errorf("faithful: %q %s where runc passes: %s", name, f.state, f.message)
 			}
@@ -740,7 +765,9 @@ func TestConformance(t *testing.T) {
 			if s.state != "passed" || hs.state == "passed" {
 				continue
 			}
-			if _, floor := confMatches(name, confFloors); floor {
+			_, floor := confMatches(name, confFloors)
+			_, flaky := confMatches(name, confFlaky)
+			if floor || flaky {
 				continue
 			}
 			if hs.state == "failed" && confRefusal.MatchString(hs.message) {
