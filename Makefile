@@ -11,7 +11,7 @@ PREFIX     ?= /usr/local
 STATIC_BIN ?= $(BIN)/static
 GOARCH     ?= $(shell $(GO) env GOARCH)
 
-.PHONY: all deps build static image release test test-short lint bench security-report demo examples install uninstall clean
+.PHONY: all deps build static image release test test-short lint bench security-report conformance conformance-ci demo examples install uninstall clean
 
 all: build
 
@@ -76,6 +76,18 @@ bench: build
 
 security-report: build
 	$(GO) test -count=1 -v -run 'TestSecurityReport' ./test/
+
+# Kubernetes' CRI validation suite (critest v1.37.0) on one private
+# containerd 1.6 with three handlers: runc, pyisolate (hardened) and
+# pyisolate-faithful; fully offline. Prints pass/fail/skip side by side and
+# the specs that differ (build/conformance.txt). conformance-ci runs the
+# policy subset (privilege, capabilities, seccomp, host namespaces,
+# no-new-privs, read-only paths, users, sysctls, propagation, ports).
+conformance: deps build
+	PYISOLATE_CONFORMANCE=1 $(GO) test -count=1 -timeout 150m -v -run '^TestConformance$$' ./test/
+
+conformance-ci: deps build
+	PYISOLATE_CONFORMANCE=ci $(GO) test -count=1 -timeout 60m -v -run '^TestConformance$$' ./test/
 
 examples:
 	./examples/make-bundles.sh build/bundles

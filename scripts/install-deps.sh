@@ -9,7 +9,7 @@ set -euo pipefail
 # peers in the security report and benchmarks. apparmor for apparmor_parser,
 # which compiles the profile of 'pyisolate install --apparmor' in its tests;
 # the CNI plugins (ptp, host-local) for the pod network of the Kubernetes
-# chain test.
+# chain test and the conformance run (make conformance).
 PKGS=(gcc libc6-dev make pkg-config libseccomp-dev git ca-certificates
       containerd runc crun bubblewrap busybox-static python3 python3-numpy
       iproute2 procps util-linux apparmor containernetworking-plugins)
@@ -40,6 +40,24 @@ if ! command -v go >/dev/null; then
 	echo "install-deps: Go 1.26 or newer is needed on PATH (or at /usr/local/go)" >&2
 	exit 1
 fi
+# The conformance run's images need a busybox whose shell execs its commands
+# (Debian's busybox-static runs applets in the shell). Debian's dynamic
+# busybox conflicts with busybox-static, so its package is unpacked, not
+# installed, into the test cache (test/conformance_images_test.go).
+bbdeb=/var/cache/pyisolate-test/busybox-deb
+if [[ ! -x $bbdeb/bin/busybox && $(id -u) == 0 ]]; then
+	tmp=$(mktemp -d)
+	if (cd "$tmp" && { apt-get download busybox >/dev/null 2>&1 ||
+		{ apt-get update -qq && apt-get download busybox >/dev/null; }; }) &&
+		mkdir -p "$bbdeb.tmp" && dpkg-deb -x "$tmp"/busybox_*.deb "$bbdeb.tmp"; then
+		rm -rf "$bbdeb" && mv "$bbdeb.tmp" "$bbdeb"
+	else
+		echo "install-deps: could not unpack Debian's busybox package; the conformance run will use busybox-static" >&2
+		rm -rf "$bbdeb.tmp"
+	fi
+	rm -rf "$tmp"
+fi
+
 cd "$(dirname "$0")/.."
 go mod download
 echo "install-deps: ok ($(go version | cut -d' ' -f3), containerd $(containerd --version | cut -d' ' -f3), runc $(runc --version | head -1 | cut -d' ' -f3))"
