@@ -278,6 +278,11 @@ func (p *execProcess) start(ctx context.Context) error {
 	pio.CloseChildEnds()
 	if err != nil {
 		pio.Close()
+		if c.init.hasExited() || unix.Kill(c.init.pid, 0) == unix.ESRCH {
+			// The init died between the check and the exec (its
+			// namespaces are gone): say so, not which file was missing.
+			return errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s has exited", c.id)
+		}
 		return toGRPC(err)
 	}
 	p.io, p.rp, p.pid, p.started = pio, rp, rp.Pid(), true
