@@ -116,13 +116,22 @@ type PolicyError struct {
 	Field  string
 	Policy Policy
 	Reason string
+	// Hint, when set, says what is allowed; it comes last, after the
+	// policy's name, so that a truncated message still names the rule.
+	Hint string
 }
 
 func (e *PolicyError) Error() string {
+	var s string
 	if e.Policy == policyExtension {
-		return fmt.Sprintf("%s: %s; refused: an extension runs in its manifest's sandbox", e.Field, e.Reason)
+		s = fmt.Sprintf("%s: %s; refused: an extension runs in its manifest's sandbox", e.Field, e.Reason)
+	} else {
+		s = fmt.Sprintf("%s: %s; refused by policy %s", e.Field, e.Reason, e.Policy)
 	}
-	return fmt.Sprintf("%s: %s; refused by policy %s", e.Field, e.Reason, e.Policy)
+	if e.Hint != "" {
+		s += " (" + e.Hint + ")"
+	}
+	return s
 }
 
 // HostChecks answer the questions about a request that need the host: they
@@ -241,7 +250,8 @@ func checkCapabilities(field string, c *specs.LinuxCapabilities, p Policy) error
 		for _, cp := range set.caps {
 			if !slices.Contains(HardenedCapabilities, strings.ToUpper(cp)) {
 				return &PolicyError{Field: field + "." + set.name, Policy: p,
-					Reason: fmt.Sprintf("%s is outside the allowed capabilities (%s)", cp, strings.Join(HardenedCapabilities, ", "))}
+					Reason: fmt.Sprintf("%s is outside the allowed capabilities", cp),
+					Hint:   "allowed: " + strings.Join(HardenedCapabilities, ", ")}
 			}
 		}
 	}

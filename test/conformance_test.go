@@ -102,6 +102,8 @@ var confFloors = []confSkip{
 		"hardened applies the default seccomp profile when none is given (floor)"},
 	{`should allow privilege escalation when false`,
 		"hardened always sets noNewPrivileges (floor)"},
+	{`should support seccomp unconfined on the (container|pod)`,
+		"Unconfined gives the runtime no profile; hardened applies the default one (floor)"},
 }
 
 // confRefusal is what a clear refusal says: the policy by name.
