@@ -23,6 +23,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/pyisolate ./cmd/pyisolate-shim
 	ln -sf pyisolate $(BIN)/containerd-shim-pyisolate-v1
+	ln -sf pyisolate $(BIN)/pyisolate-runc
 
 # A fully static pyisolate (and its shim link) that starts on any Linux host,
 # glibc or musl (Alpine), or in an image with no libc at all: as runc's
@@ -38,6 +39,7 @@ static:
 		-ldflags '-s -w -linkmode external -extldflags "-static"' \
 		-o $(STATIC_BIN)/pyisolate ./cmd/pyisolate-shim
 	ln -sf pyisolate $(STATIC_BIN)/containerd-shim-pyisolate-v1
+	ln -sf pyisolate $(STATIC_BIN)/pyisolate-runc
 
 # The release artefact: the static binary as dist/pyisolate-linux-ARCH with
 # its SHA-256.
@@ -76,9 +78,10 @@ demo: deps build
 install: build
 	install -m 0755 $(BIN)/pyisolate $(PREFIX)/bin/pyisolate
 	ln -sf pyisolate $(PREFIX)/bin/containerd-shim-pyisolate-v1
+	ln -sf pyisolate $(PREFIX)/bin/pyisolate-runc
 
 uninstall:
-	rm -f $(PREFIX)/bin/pyisolate $(PREFIX)/bin/containerd-shim-pyisolate-v1
+	rm -f $(PREFIX)/bin/pyisolate $(PREFIX)/bin/containerd-shim-pyisolate-v1 $(PREFIX)/bin/pyisolate-runc
 
 clean:
 	rm -rf $(BIN) build dist

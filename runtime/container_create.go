@@ -197,9 +197,10 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	}
 	proc.Init = true
 	proc.Stdin, proc.Stdout, proc.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
+	proc.ExtraFiles = opts.ExtraFiles
 	var cons *Console
 	err = withInitArgv0(opts.DieWithParent, func() (err error) {
-		cons, err = startWithConsole(lc.Start, proc, ls.Process)
+		cons, err = startWithConsole(lc.Start, proc, ls.Process, opts.ConsoleSocket)
 		return err
 	})
 	if err != nil {

@@ -3,6 +3,9 @@
 //
 //   - containerd-shim-pyisolate-v1: a containerd shim v2 (runtime type
 //     io.containerd.pyisolate.v1);
+//   - pyisolate-runc: runc's command line (create, start, state, kill,
+//     delete, exec, ...), for Docker, Podman, CRI-O and containerd's runc
+//     shim (oci.go);
 //   - anything else (pyisolate): the command-line interface, which runs
 //     bundles directly without containerd.
 //
@@ -47,8 +50,11 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		containerInit() // never returns
 	}
-	if filepath.Base(os.Args[0]) == ShimName {
+	switch filepath.Base(os.Args[0]) {
+	case ShimName:
 		os.Exit(shimMain())
+	case OCIName:
+		os.Exit(ociMain(os.Args[1:]))
 	}
 	os.Exit(cliMain(os.Args[1:]))
 }
