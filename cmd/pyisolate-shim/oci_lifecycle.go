@@ -528,7 +528,7 @@ var forwardedExecSignals = []os.Signal{
 // takes it from the bundle's config.json: its environment, user, working
 // directory, capabilities and no_new_privileges. A bundle without one (an
 // extension's, whose sandbox was built from its manifest) starts from a
-// plain PATH in /.
+// plain PATH in / (and a process without an environment gets that PATH).
 func execBase(st runtime.State) specs.Process {
 	base := specs.Process{Cwd: "/", Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}}
 	if st.Bundle == "" {
@@ -542,6 +542,9 @@ func execBase(st runtime.State) specs.Process {
 	p.Args, p.Terminal, p.ConsoleSize = nil, false, nil
 	if p.Cwd == "" {
 		p.Cwd = "/"
+	}
+	if len(p.Env) == 0 {
+		p.Env = base.Env
 	}
 	return p
 }
