@@ -170,12 +170,7 @@ func (d *ociDockerd) stop() {
 		_ = os.RemoveAll("/run/docker")
 	}
 	if !d.hadCgrp {
-		cg, _ := filepath.Glob("/sys/fs/cgroup/*/docker")
-		for _, c := range cg {
-			if err := os.Remove(c); err != nil && !errors.Is(err, os.ErrNotExist) {
-				d.t.Errorf("remove cgroup %s: %v", c, err)
-			}
-		}
+		ociRemoveCgroups(d.t, "docker")
 	}
 }
 
@@ -232,55 +227,10 @@ func TestOCIDocker(t *testing.T) {
 
 	// docker run -it: the client on a pty, the container's terminal sent
 	// by the runtime over containerd's console socket.
-	ptm, slave, err := console.NewPty()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ptm.Close()
-	sf, err := os.OpenFile(slave, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(d.docker, "-H", "unix://"+d.sock, "run", "-it", "--rm", "--runtime", "pyisolate", img,
-		"sh", "-c", "test -t 0 && echo tty-yes; read x; echo got-$x")
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = sf, sf, sf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sf.Close()
-	var got bytes.Buffer
-	outc := make(chan struct{})
-	go func() {
-		buf := make([]byte, 1024)
-		for {
-			n, err := ptm.Read(buf)
-			got.Write(buf[:n])
-			if err != nil {
-				close(outc)
-				return
-			}
-		}
-	}()
-	time.Sleep(2 * time.Second) // the container reads once it runs
-	_, _ = ptm.Write([]byte("typed\r"))
-	waitc := make(chan error, 1)
-	go func() { waitc <- cmd.Wait() }()
-	select {
-	case err = <-waitc:
-	case <-time.After(60 * time.Second):
-		_ = cmd.Process.Kill()
-		err = <-waitc
-	}
-	if err != nil {
-		t.Errorf("docker run -it: %v", err)
-	}
-	select {
-	case <-outc:
-	case <-time.After(5 * time.Second):
-	}
-	if s := got.String(); !strings.Contains(s, "tty-yes") || !strings.Contains(s, "got-typed") {
-		t.Errorf("docker run -it output = %q, want tty-yes and got-typed", s)
+	out, err := ociPtyRun(t, []string{d.docker, "-H", "unix://" + d.sock, "run", "-it", "--rm", "--runtime", "pyisolate", img,
+		"sh", "-c", "test -t 0 && echo tty-yes; read x; echo got-$x"}, nil, "typed\r")
+	if err != nil || !strings.Contains(out, "tty-yes") || !strings.Contains(out, "got-typed") {
+		t.Errorf("docker run -it: %v, output %q, want tty-yes and got-typed", err, out)
 	}
 	// Nothing of the containers is left in the runtime's state root.
 	root := filepath.Join(d.dir, "e", "runtime-runc", "moby")
@@ -293,4 +243,58 @@ func TestOCIDocker(t *testing.T) {
 	if locks, _ := os.ReadDir(filepath.Join(root, "locks")); len(locks) > 0 {
 		t.Errorf("%d id locks left under %s", len(locks), root)
 	}
+}
+
+// ociPtyRun runs argv with a pty as its controlling terminal and stdio (as
+// a user's `docker run -it` is run), types input once the container had
+// time to start, and returns what it wrote on the terminal.
+func ociPtyRun(t testing.TB, argv, env []string, input string) (string, error) {
+	t.Helper()
+	ptm, slave, err := console.NewPty()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptm.Close()
+	sf, err := os.OpenFile(slave, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = sf, sf, sf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sf.Close()
+	var got bytes.Buffer
+	outc := make(chan struct{})
+	go func() {
+		defer close(outc)
+		buf := make([]byte, 1024)
+		for {
+			n, err := ptm.Read(buf)
+			got.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	if input != "" {
+		time.Sleep(2 * time.Second) // the container reads once it runs
+		_, _ = ptm.Write([]byte(input))
+	}
+	waitc := make(chan error, 1)
+	go func() { waitc <- cmd.Wait() }()
+	select {
+	case err = <-waitc:
+	case <-time.After(60 * time.Second):
+		_ = cmd.Process.Kill()
+		err = <-waitc
+	}
+	select {
+	case <-outc:
+	case <-time.After(5 * time.Second):
+	}
+	return got.String(), err
 }
