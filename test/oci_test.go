@@ -706,3 +706,43 @@ func TestOCIExtensionGroup(t *testing.T) {
 		t.Errorf("mounts left under %s: %s", e.root, out)
 	}
 }
+
+// TestOCIContainerdRuncShim runs pyisolate-runc under containerd's own runc
+// shim (io.containerd.runc.v2) with BinaryName set to it (ctr's
+// --runc-binary) and a private runtime root (ctr --rootfs gives no PATH,
+// so commands are absolute, as under runc): run in the foreground with its
+// exit status, a detached task with exec, ps, pause and resume, kill and
+// delete, and nothing left in the root.
+func TestOCIContainerdRuncShim(t *testing.T) {
+	bin := ociBin(t)
+	ctrdEach(t, func(t *testing.T, d *ctrdDaemon) {
+		root := filepath.Join(d.Dir, "runc-root")
+		flags := []string{"--runtime", "io.containerd.runc.v2", "--runc-binary", bin, "--runc-root", root}
+		run := func(want int, extra []string, id string, cmd ...string) ctrdResult {
+			args := append(append([]string{"run"}, flags...), extra...)
+			args = append(args, "--rootfs", d.Rootfs, id)
+			return d.Ctr(t, want, append(args, cmd...)...)
+		}
+		if r := run(3, []string{"--rm"}, "oci-rs1", "/bin/sh", "-c", "echo hi-; exit 3"); !strings.Contains(r.Stdout, "hi-") {
+			t.Errorf("ctr run output: %s", r)
+		}
+		run(0, []string{"-d"}, "oci-rs2", "/bin/sleep", "1000")
+		d.WaitTask(t, "oci-rs2", "RUNNING", 20*time.Second)
+		if r := d.Ctr(t, 0, "task", "exec", "--exec-id", "e1", "oci-rs2", "/bin/sh", "-c", "echo in-exec"); !strings.Contains(r.Stdout, "in-exec") {
+			t.Errorf("ctr task exec: %s", r)
+		}
+		if r := d.Ctr(t, 0, "task", "ps", "oci-rs2"); !strings.Contains(r.Stdout, strconv.Itoa(d.TaskPid(t, "oci-rs2"))) {
+			t.Errorf("ctr task ps does not list the init: %s", r)
+		}
+		d.Ctr(t, 0, "task", "pause", "oci-rs2")
+		d.WaitTask(t, "oci-rs2", "PAUSED", 10*time.Second)
+		d.Ctr(t, 0, "task", "resume", "oci-rs2")
+		d.WaitTask(t, "oci-rs2", "RUNNING", 10*time.Second)
+		d.Ctr(t, 0, "task", "kill", "-s", "KILL", "oci-rs2")
+		d.WaitTask(t, "oci-rs2", "STOPPED", 10*time.Second)
+		d.Ctr(t, 0, "task", "delete", "oci-rs2")
+		d.Ctr(t, 0, "container", "rm", "oci-rs2")
+		ociAssertGone(t, filepath.Join(root, "default"), "oci-rs1")
+		ociAssertGone(t, filepath.Join(root, "default"), "oci-rs2")
+	})
+}
