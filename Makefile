@@ -11,7 +11,7 @@ PREFIX     ?= /usr/local
 STATIC_BIN ?= $(BIN)/static
 GOARCH     ?= $(shell $(GO) env GOARCH)
 
-.PHONY: all deps build static release test test-short lint bench security-report demo examples install uninstall clean
+.PHONY: all deps build static release test test-short lint bench security-report demo examples install uninstall clean conformance conformance-oci
 
 all: build
 
@@ -53,6 +53,14 @@ release:
 # visible reason where those are missing.
 test: deps build
 	$(GO) test -count=1 -timeout 40m $(PKGS)
+
+# Conformance suites too long for `make test`.
+conformance: conformance-oci
+
+# Every opencontainers/runtime-tools validation program against
+# pyisolate-runc and runc, side by side (`make test` runs a subset).
+conformance-oci: deps build
+	PYISOLATE_CONFORMANCE=full $(GO) test -count=1 -timeout 60m -v -run '^TestOCIRuntimeTools$$' ./test/
 
 test-short:
 	$(GO) test -count=1 -short $(PKGS)
