@@ -34,7 +34,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 
-	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
@@ -51,9 +50,18 @@ const ociPolicyEnv = "PYISOLATE_POLICY"
 
 // ociDefaultRoot is the default --root: /run/pyisolate-runc as root,
 // $XDG_RUNTIME_DIR/pyisolate-runc otherwise (as runc's /run/runc and
-// $XDG_RUNTIME_DIR/runc).
+// $XDG_RUNTIME_DIR/runc), /tmp/pyisolate-runc-<uid> without one (the
+// runtime refuses it when another user made it).
 func ociDefaultRoot() string {
-	return filepath.Join(filepath.Dir(runtime.DefaultStateRoot()), ociDefaultRootName)
+	euid := os.Geteuid()
+	xdg := os.Getenv("XDG_RUNTIME_DIR")
+	switch {
+	case euid == 0:
+		return filepath.Join("/run", ociDefaultRootName)
+	case xdg != "" && filepath.IsAbs(xdg):
+		return filepath.Join(xdg, ociDefaultRootName)
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("%s-%d", ociDefaultRootName, euid))
 }
 
 // ociGlobal holds the global flags, given before the verb.
