@@ -11,7 +11,7 @@ PREFIX     ?= /usr/local
 STATIC_BIN ?= $(BIN)/static
 GOARCH     ?= $(shell $(GO) env GOARCH)
 
-.PHONY: all deps build static image release test test-short lint bench security-report conformance conformance-ci demo examples install uninstall clean
+.PHONY: all deps build static image release test test-short lint bench security-report conformance conformance-ci conformance-oci demo examples install uninstall clean
 
 all: build
 
@@ -23,6 +23,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/pyisolate ./cmd/pyisolate-shim
 	ln -sf pyisolate $(BIN)/containerd-shim-pyisolate-v1
+	ln -sf pyisolate $(BIN)/pyisolate-runc
 
 # A fully static pyisolate (and its shim link) that starts on any Linux host,
 # glibc or musl (Alpine), or in an image with no libc at all: as runc's
@@ -38,6 +39,7 @@ static:
 		-ldflags '-s -w -linkmode external -extldflags "-static"' \
 		-o $(STATIC_BIN)/pyisolate ./cmd/pyisolate-shim
 	ln -sf pyisolate $(STATIC_BIN)/containerd-shim-pyisolate-v1
+	ln -sf pyisolate $(STATIC_BIN)/pyisolate-runc
 
 # Container images as docker-archive tars in $(IMAGE_DIR), built offline with
 # no Docker engine (cmd/pyisolate-image, go-containerregistry): the node
@@ -63,6 +65,15 @@ release:
 # visible reason where those are missing.
 test: deps build
 	$(GO) test -count=1 -timeout 40m $(PKGS)
+
+# Conformance suites too long for `make test`: runtime-tools for
+# pyisolate-runc (conformance-oci), then critest (the recipe below).
+conformance: conformance-oci
+
+# Every opencontainers/runtime-tools validation program against
+# pyisolate-runc and runc, side by side (`make test` runs a subset).
+conformance-oci: deps build
+	PYISOLATE_CONFORMANCE=full $(GO) test -count=1 -timeout 60m -v -run '^TestOCIRuntimeTools$$' ./test/
 
 test-short:
 	$(GO) test -count=1 -short $(PKGS)
@@ -100,9 +111,10 @@ demo: deps build
 install: build
 	install -m 0755 $(BIN)/pyisolate $(PREFIX)/bin/pyisolate
 	ln -sf pyisolate $(PREFIX)/bin/containerd-shim-pyisolate-v1
+	ln -sf pyisolate $(PREFIX)/bin/pyisolate-runc
 
 uninstall:
-	rm -f $(PREFIX)/bin/pyisolate $(PREFIX)/bin/containerd-shim-pyisolate-v1
+	rm -f $(PREFIX)/bin/pyisolate $(PREFIX)/bin/containerd-shim-pyisolate-v1 $(PREFIX)/bin/pyisolate-runc
 
 clean:
 	rm -rf $(BIN) build dist

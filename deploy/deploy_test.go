@@ -268,6 +268,29 @@ func TestDockerDaemonJSON(t *testing.T) {
 	}
 }
 
+// TestDockerDaemonJSON2010 checks the entry for Docker < 23, which takes
+// runtimes by path only: the installed pyisolate-runc link, nothing else
+// (test/oci_docker_test.go runs Docker 20.10 with it).
+func TestDockerDaemonJSON2010(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("docker", "daemon-20.10.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Runtimes map[string]struct {
+			Path string `json:"path"`
+		} `json:"runtimes"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		t.Fatalf("daemon-20.10.json: %v", err)
+	}
+	if got := cfg.Runtimes["pyisolate"].Path; got != "/usr/local/bin/pyisolate-runc" {
+		t.Errorf("runtimes.pyisolate.path = %q, want /usr/local/bin/pyisolate-runc (make install's link)", got)
+	}
+}
+
 func TestDockerCompose(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join("docker", "compose.yaml"))
 	if err != nil {

@@ -166,10 +166,19 @@ func (c *Console) Size() (console.WinSize, error) {
 // an init, Run for an exec) and, when p asks for a terminal, receives the
 // master side of the pseudo-terminal libcontainer's init made for it; nil
 // otherwise. When the terminal cannot be received the started process is
-// killed and reaped.
-func startWithConsole(start func(*libcontainer.Process) error, lp *libcontainer.Process, p *specs.Process) (*Console, error) {
+// killed and reaped. With external set (a --console-socket connection) the
+// master side is sent there instead, and nil is returned.
+func startWithConsole(start func(*libcontainer.Process) error, lp *libcontainer.Process, p *specs.Process, external *os.File) (*Console, error) {
 	if !p.Terminal {
 		return nil, start(lp)
+	}
+	if external != nil {
+		lp.ConsoleSocket = external
+		lp.Stdin, lp.Stdout, lp.Stderr = nil, nil, nil
+		setConsoleSize(lp, p)
+		err := start(lp)
+		lp.ConsoleSocket = nil
+		return nil, err
 	}
 	parent, child, err := utils.NewSockPair("console")
 	if err != nil {
@@ -178,10 +187,7 @@ func startWithConsole(start func(*libcontainer.Process) error, lp *libcontainer.
 	defer parent.Close()
 	lp.ConsoleSocket = child
 	lp.Stdin, lp.Stdout, lp.Stderr = nil, nil, nil
-	if b := p.ConsoleSize; b != nil && b.Width > 0 && b.Height > 0 {
-		lp.ConsoleWidth = uint16(min(b.Width, math.MaxUint16))
-		lp.ConsoleHeight = uint16(min(b.Height, math.MaxUint16))
-	}
+	setConsoleSize(lp, p)
 	err = start(lp)
 	// The process has its copy; ours would keep a receive from seeing EOF
 	// if it never sent.
@@ -197,6 +203,14 @@ func startWithConsole(start func(*libcontainer.Process) error, lp *libcontainer.
 		return nil, fmt.Errorf("receive the terminal: %w", err)
 	}
 	return cons, nil
+}
+
+// setConsoleSize gives lp's terminal the spec's initial window size.
+func setConsoleSize(lp *libcontainer.Process, p *specs.Process) {
+	if b := p.ConsoleSize; b != nil && b.Width > 0 && b.Height > 0 {
+		lp.ConsoleWidth = uint16(min(b.Width, math.MaxUint16))
+		lp.ConsoleHeight = uint16(min(b.Height, math.MaxUint16))
+	}
 }
 
 // recvConsole receives the terminal's master side, sent by libcontainer's

@@ -125,6 +125,15 @@ type CreateOptions struct {
 	// connects it to the user and closes it after Run returned (deleting
 	// the container does not close it). Create ignores it.
 	Console func(*Console)
+	// ConsoleSocket, when set, is where the master side of the init's
+	// terminal (process.terminal) goes instead: libcontainer's init sends
+	// it over this unix socket with SCM_RIGHTS, as `runc create
+	// --console-socket` does, and the container then has no Console here.
+	// The caller keeps and closes its copy.
+	ConsoleSocket *os.File
+	// ExtraFiles are passed to the init as file descriptors 3, 4, ... (runc
+	// --preserve-fds).
+	ExtraFiles []*os.File
 }
 
 // Stdio are the standard streams of a process run by Exec. *os.File values
@@ -133,6 +142,12 @@ type Stdio struct {
 	Stdin  io.Reader
 	Stdout io.Writer
 	Stderr io.Writer
+	// ConsoleSocket, when set, receives the master side of the process's
+	// terminal (process.terminal) instead of the caller (see
+	// CreateOptions.ConsoleSocket); Process.Console is then nil.
+	ConsoleSocket *os.File
+	// ExtraFiles are passed to the process as file descriptors 3, 4, ...
+	ExtraFiles []*os.File
 }
 
 // ExitStatus is how a container process ended.
@@ -453,9 +468,9 @@ var forwardedSignals = []os.Signal{
 // SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 received by this process to
 // the container's init, and deletes the container afterwards, also on error.
 // When ctx ends the container is killed. A process with a terminal needs
-// opts.Console.
+// opts.Console (or opts.ConsoleSocket).
 func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts CreateOptions) (st ExitStatus, err error) {
-	if s != nil && s.Process != nil && s.Process.Terminal && opts.Console == nil {
+	if s != nil && s.Process != nil && s.Process.Terminal && opts.Console == nil && opts.ConsoleSocket == nil {
 		return ExitStatus{}, fmt.Errorf("run container %s: process.terminal needs CreateOptions.Console (or use Create and Container.Console)", id)
 	}
 	if opts.DieWithParent {

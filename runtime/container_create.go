@@ -11,6 +11,7 @@ import (
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"github.com/opencontainers/cgroups"
+	devices "github.com/opencontainers/cgroups/devices/config"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -171,6 +172,7 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: convert spec: %w", id, err)
 	}
+	compatConfig(cfg)
 	// specconv records its working directory as the bundle; record ours.
 	cfg.Labels = slices.DeleteFunc(cfg.Labels, func(l string) bool { return strings.HasPrefix(l, "bundle=") })
 	cfg.Labels = append(cfg.Labels, "bundle="+opts.Bundle)
@@ -211,9 +213,10 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	Phase("libcontainer create (state, cgroups)")
 	proc.Init = true
 	proc.Stdin, proc.Stdout, proc.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
+	proc.ExtraFiles = opts.ExtraFiles
 	var cons *Console
 	err = withInitArgv0(opts.DieWithParent, func() (err error) {
-		cons, err = startWithConsole(lc.Start, proc, ls.Process)
+		cons, err = startWithConsole(lc.Start, proc, ls.Process, opts.ConsoleSocket)
 		return err
 	})
 	if err != nil {
@@ -225,6 +228,25 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	c.init = newOwnedProcess(c, proc, 0)
 	c.init.console = cons
 	return c, nil
+}
+
+// compatConfig keeps requests that runc 1.1 (what Docker 20.10, Podman 4.3
+// and Debian ship) runs, and that libcontainer 1.5 refuses although they ask
+// for nothing the kernel would apply: filesystem options on a bind mount
+// (a bind mount takes none: runc 1.1 ignored them) and a major:minor on a
+// FIFO device (a FIFO has none: mknod makes it 0:0, which libcontainer
+// then finds "incorrect"). Both are dropped.
+func compatConfig(cfg *configs.Config) {
+	for _, m := range cfg.Mounts {
+		if m.IsBind() && m.Data != "" {
+			m.Data = ""
+		}
+	}
+	for _, d := range cfg.Devices {
+		if d.Type == devices.FifoDevice {
+			d.Major, d.Minor = 0, 0
+		}
+	}
 }
 
 // absSpec returns a copy of s whose root path and bind mount sources are

@@ -160,8 +160,9 @@ func (c *Container) Exec(ctx context.Context, p *specs.Process, stdio Stdio) (*P
 		lp.Cwd = "/"
 	}
 	lp.Stdin, lp.Stdout, lp.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
+	lp.ExtraFiles = stdio.ExtraFiles
 	base, _ := c.oomKills()
-	cons, err := startWithConsole(c.lc.Run, lp, p)
+	cons, err := startWithConsole(c.lc.Run, lp, p, stdio.ConsoleSocket)
 	if err != nil {
 		return nil, fmt.Errorf("exec in container %s: %w", c.ID(), err)
 	}

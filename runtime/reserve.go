@@ -34,6 +34,10 @@ const (
 	OwnerRun = "run"
 	// OwnerShim is the containerd shim.
 	OwnerShim = "shim"
+	// OwnerOCI is the OCI command-line face (`pyisolate-runc create`): its
+	// containers outlive the command that made them, as runc's do, and are
+	// never reclaimed as orphans; `delete` ends them.
+	OwnerOCI = "oci"
 )
 
 // ErrIDInUse is returned by Reserve when another live process holds the id.
@@ -53,7 +57,7 @@ func (r *Runtime) lockPath(id string) string {
 	return filepath.Join(r.root(), locksDir, id)
 }
 
-// Reserve reserves container id for owner (OwnerRun or OwnerShim). It fails
+// Reserve reserves container id for owner (OwnerRun, OwnerShim or OwnerOCI). It fails
 // with ErrIDInUse when a live process holds the id, and with
 // libcontainer.ErrExist when a container of that id exists; in both cases
 // nothing of the existing container is touched. An id left by a dead `run`

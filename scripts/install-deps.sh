@@ -9,10 +9,13 @@ set -euo pipefail
 # peers in the security report and benchmarks. apparmor for apparmor_parser,
 # which compiles the profile of 'pyisolate install --apparmor' in its tests;
 # the CNI plugins (ptp, host-local) for the pod network of the Kubernetes
-# chain test and the conformance run (make conformance).
+# chain test and the conformance run (make conformance). docker.io (Docker
+# 20.10) and podman (4.3) are the clients that drive pyisolate-runc in its
+# end-to-end tests.
 PKGS=(gcc libc6-dev make pkg-config libseccomp-dev git ca-certificates
       containerd runc crun bubblewrap busybox-static python3 python3-numpy
-      iproute2 procps util-linux apparmor containernetworking-plugins)
+      iproute2 procps util-linux apparmor containernetworking-plugins
+      docker.io podman)
 # torch is large (800 MB); set PYISOLATE_WITH_TORCH=1 to install it for the
 # torch tests, which otherwise skip with a reason.
 if [[ "${PYISOLATE_WITH_TORCH:-0}" == 1 ]]; then PKGS+=(python3-torch); fi

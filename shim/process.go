@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
@@ -356,23 +357,7 @@ func (s *service) exited(c *container, p *proc, st runtime.ExitStatus, err error
 }
 
 // execSpec is the process an Exec request runs in a container of policy
-// ("" for an extension): containerd builds the exec spec from the
-// container's original process, so an extension's exec gets the sandbox's
-// dropped capabilities and no_new_privileges (nil capabilities: the
-// container's); under the hardened policy an exec process, which enters the
-// container from the host, is checked as the init was and gets the
-// no-new-privileges floor; faithful runs it as asked.
+// ("" for an extension): sandbox.ExecSpec's rule.
 func execSpec(ps specs.Process, policy spec.Policy) (*specs.Process, error) {
-	switch policy {
-	case "":
-		ps.Capabilities = nil
-		ps.NoNewPrivileges = true
-		ps.ApparmorProfile = ""
-	case spec.PolicyHardened:
-		if err := spec.CheckProcessPolicy(&ps, policy); err != nil {
-			return nil, err
-		}
-		ps.NoNewPrivileges = true
-	}
-	return &ps, nil
+	return sandbox.ExecSpec(ps, sandbox.Recorded{Policy: policy})
 }

@@ -23,7 +23,6 @@ import (
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/runtime/detect"
-	rgroup "github.com/pyisolate/pyisolate-oci/runtime/group"
 	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
@@ -503,30 +502,12 @@ func deleteMain(args []string) int {
 	if slices.Contains(reclaimed, id) {
 		return 0 // its runner died: deleted with everything it held
 	}
-	group := containerGroup(r, id)
-	if err := r.Delete(ctx, id, *force); err != nil {
+	// The `run` that would have left the group is gone (killed, or the
+	// container was detached from it): sandbox.Delete leaves for it, and
+	// ends the group when no member is alive, so its shared memory is not
+	// left mounted.
+	if err := sandbox.Delete(ctx, r, id, *force); err != nil {
 		return fail(1, "delete: %v", err)
 	}
-	if group != "" {
-		// The `run` that would have left the group is gone (killed, or the
-		// container was detached from it): leave for it, and end the group
-		// when no member is alive, so its shared memory is not left mounted.
-		if err := rgroup.ReleaseMember(ctx, *root, group, id); err != nil {
-			return fail(1, "delete: %v", err)
-		}
-	}
 	return 0
-}
-
-// containerGroup returns the isolation group container id joined, or "".
-func containerGroup(r *runtime.Runtime, id string) string {
-	c, err := r.Load(id)
-	if err != nil {
-		return ""
-	}
-	st, err := c.State()
-	if err != nil {
-		return ""
-	}
-	return st.Annotations[spec.AnnotationGroup]
 }

@@ -5,6 +5,9 @@
 //     io.containerd.pyisolate.v1);
 //   - bwrap: the bubblewrap face (bwrap.go), which runs a bwrap command line
 //     as pyisolate builds it in the runtime's sandbox;
+//   - pyisolate-runc: runc's command line (create, start, state, kill,
+//     delete, exec, ...), for Docker, Podman, CRI-O and containerd's runc
+//     shim (oci.go);
 //   - anything else (pyisolate): the command-line interface, which runs
 //     bundles directly without containerd.
 //
@@ -57,6 +60,8 @@ func main() {
 		os.Exit(shimMain())
 	case BwrapName:
 		os.Exit(bwrapMain(os.Args[1:]))
+	case OCIName:
+		os.Exit(ociMain(os.Args[1:]))
 	}
 	os.Exit(cliMain(os.Args[1:]))
 }

@@ -13,7 +13,7 @@ import (
 // and such a goroutine must never land on the main thread (which Go cannot
 // end), or the whole shim would be left in that namespace.
 func init() {
-	if filepath.Base(os.Args[0]) == ShimName && (len(os.Args) < 2 || os.Args[1] != "init") {
+	if name := filepath.Base(os.Args[0]); (name == ShimName || name == OCIName) && (len(os.Args) < 2 || os.Args[1] != "init") {
 		goruntime.LockOSThread()
 	}
 }

@@ -1,0 +1,195 @@
+package test
+
+// Podman 4.3 (Debian), rootful, driving pyisolate-runc with --runtime: its
+// own storage, run and temporary directories, the cgroupfs manager, file
+// events, no network, and a containers.conf whose default_ulimits fit this
+// machine (Podman's default nofile, 1048576, is above the hard limit of
+// small VMs such as CI's, and an nproc at the hard limit is refused there
+// too).
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ociPodman is Podman with private directories.
+type ociPodman struct {
+	t    *testing.T
+	dir  string
+	args []string
+	env  []string
+}
+
+// ociNewPodman returns Podman with the pyisolate runtime at bin and
+// registers the clean-up of everything it made.
+func ociNewPodman(t *testing.T, bin string) *ociPodman {
+	t.Helper()
+	podman, err := exec.LookPath("podman")
+	if err != nil {
+		t.Skip("podman is not installed (apt-get install podman)")
+	}
+	dir, err := os.MkdirTemp("/tmp", "ocp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var had []string
+	for _, p := range []string{"/var/lib/containers", "/sys/fs/cgroup/pids/libpod_parent"} {
+		if _, err := os.Stat(p); err == nil {
+			had = append(had, p)
+		}
+	}
+	var nofile, nproc unix.Rlimit
+	_ = unix.Getrlimit(unix.RLIMIT_NOFILE, &nofile)
+	_ = unix.Getrlimit(unix.RLIMIT_NPROC, &nproc)
+	conf := fmt.Sprintf("[containers]\ndefault_ulimits = [\"nofile=%d:%d\", \"nproc=%d:%d\"]\n",
+		min(nofile.Max, 20000), min(nofile.Max, 20000), min(nproc.Max, 4096), min(nproc.Max, 4096))
+	if err := os.WriteFile(filepath.Join(dir, "containers.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := &ociPodman{t: t, dir: dir, env: append(os.Environ(), "CONTAINERS_CONF="+filepath.Join(dir, "containers.conf"))}
+	p.args = []string{podman, "--root", filepath.Join(dir, "storage"), "--runroot", filepath.Join(dir, "run"),
+		"--tmpdir", filepath.Join(dir, "tmp"), "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
+		"--events-backend", "file", "--runtime", bin}
+	t.Cleanup(func() {
+		p.run("rm", "-af", "-t", "0")
+		p.run("rmi", "-af")
+		for _, m := range ctrdMountsUnder(dir) {
+			_ = syscall.Unmount(m, syscall.MNT_DETACH)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
+		if !contains(had, "/var/lib/containers") {
+			_ = os.RemoveAll("/var/lib/containers")
+		}
+		if !contains(had, "/sys/fs/cgroup/pids/libpod_parent") {
+			ociRemoveCgroups(t, "libpod_parent") // conmon's
+		}
+	})
+	return p
+}
+
+func contains(xs []string, x string) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+// run runs podman with args.
+func (p *ociPodman) run(args ...string) ociResult {
+	cmd := exec.Command(p.args[0], append(p.args[1:], args...)...)
+	cmd.Env = p.env
+	out, errb := &strings.Builder{}, &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, errb
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Start()
+	if err == nil {
+		timer := time.AfterFunc(90*time.Second, func() { _ = cmd.Process.Kill() })
+		err = cmd.Wait()
+		timer.Stop()
+	}
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+	}
+	return ociResult{Code: code, Stdout: out.String(), Stderr: errb.String()}
+}
+
+func (p *ociPodman) must(want int, args ...string) ociResult {
+	p.t.Helper()
+	r := p.run(args...)
+	if r.Code != want {
+		p.t.Fatalf("podman %s: want exit %d, got %s", strings.Join(args, " "), want, r)
+	}
+	return r
+}
+
+// TestOCIPodman runs containers through rootful Podman 4.3 with --runtime
+// pyisolate-runc: output and exit statuses (127 for a missing command),
+// --memory, podman exec, podman stop, podman run -it through a pty
+// (conmon's console socket), and a policy refusal in our words.
+func TestOCIPodman(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("rootful Podman end-to-end tests need root")
+	}
+	if testing.Short() {
+		t.Skip("Podman end-to-end tests (-short)")
+	}
+	bin := ociBin(t)
+	p := ociNewPodman(t, bin)
+	rootfs := ctrdBusybox(t, filepath.Join(p.dir, "busybox"))
+	tarball := filepath.Join(p.dir, "busybox.tar")
+	if out, err := exec.Command("tar", "-C", rootfs, "-cf", tarball, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	p.must(0, "import", tarball, "pyisolate-busybox:test")
+	img := "pyisolate-busybox:test"
+	run := []string{"run", "--rm", "--network", "none"}
+	if r := p.must(0, append(run, img, "sh", "-c", "echo hello; echo err >&2")...); r.Stdout != "hello\n" || r.Stderr != "err\n" {
+		t.Errorf("podman run output: %s", r)
+	}
+	p.must(3, append(run, img, "sh", "-c", "exit 3")...)
+	p.must(127, append(run, img, "nosuchcmd")...)
+	if r := p.must(0, append(run, "--memory", "64m", img, "sh", "-c",
+		"cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max")...); strings.TrimSpace(r.Stdout) != "67108864" {
+		t.Errorf("--memory 64m: the container's limit is %q", r.Stdout)
+	}
+	if r := p.run(append(run, "--privileged", img, "true")...); r.Code == 0 || !strings.Contains(r.Stderr, "refused by policy hardened") {
+		t.Errorf("--privileged under the hardened policy: %s", r)
+	}
+	p.must(0, "run", "-d", "--name", "oci-p1", "--network", "none", img, "sleep", "1000")
+	if r := p.must(4, "exec", "oci-p1", "sh", "-c", "echo in-exec; exit 4"); r.Stdout != "in-exec\n" {
+		t.Errorf("podman exec output: %s", r)
+	}
+	p.must(0, "stop", "-t", "1", "oci-p1")
+	if r := p.must(0, "inspect", "-f", "{{.State.ExitCode}}", "oci-p1"); strings.TrimSpace(r.Stdout) != "137" {
+		t.Errorf("after podman stop: exit code %s", r.Stdout)
+	}
+	p.must(0, "rm", "oci-p1")
+	// podman run -it, the client on a pty.
+	out, err := ociPtyRun(t, append(p.args, "run", "-it", "--rm", "--network", "none", img,
+		"sh", "-c", "test -t 0 && echo tty-yes; read x; echo got-$x"), p.env, "typed\r")
+	if err != nil || !strings.Contains(out, "tty-yes") || !strings.Contains(out, "got-typed") {
+		t.Errorf("podman run -it: %v, output %q, want tty-yes and got-typed", err, out)
+	}
+}
+
+// ociRemoveCgroups removes the cgroup directories /sys/fs/cgroup/*/name
+// (and v2's /sys/fs/cgroup/name), children first, that a client daemon made
+// and left empty.
+func ociRemoveCgroups(t testing.TB, name string) {
+	t.Helper()
+	tops, _ := filepath.Glob("/sys/fs/cgroup/*/" + name)
+	if _, err := os.Stat("/sys/fs/cgroup/" + name); err == nil {
+		tops = append(tops, "/sys/fs/cgroup/"+name)
+	}
+	for _, top := range tops {
+		var dirs []string
+		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("remove cgroup %s: %v", dirs[i], err)
+			}
+		}
+	}
+}
