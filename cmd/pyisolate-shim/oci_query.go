@@ -350,33 +350,28 @@ func convertStats(ls *libcontainer.Stats) *types.Stats {
 }
 
 func ociPause(g *ociGlobal, args []string) error {
-	pos, err := parseOCIFlags(ociFlags("pause"), args, 0)
-	if err != nil {
-		return err
-	}
-	if err := needArgs("pause", pos, 1, true); err != nil {
-		return err
-	}
-	_, c, err := g.load(pos[0])
-	if err != nil {
-		return err
-	}
-	return c.Pause()
+	return ociOnContainer(g, "pause", args, (*runtime.Container).Pause)
 }
 
 func ociResume(g *ociGlobal, args []string) error {
-	pos, err := parseOCIFlags(ociFlags("resume"), args, 0)
+	return ociOnContainer(g, "resume", args, (*runtime.Container).Resume)
+}
+
+// ociOnContainer runs a verb that takes one container id and no flags of its
+// own: fn on the loaded container.
+func ociOnContainer(g *ociGlobal, verb string, args []string, fn func(*runtime.Container) error) error {
+	pos, err := parseOCIFlags(ociFlags(verb), args, 0)
 	if err != nil {
 		return err
 	}
-	if err := needArgs("resume", pos, 1, true); err != nil {
+	if err := needArgs(verb, pos, 1, true); err != nil {
 		return err
 	}
 	_, c, err := g.load(pos[0])
 	if err != nil {
 		return err
 	}
-	return c.Resume()
+	return fn(c)
 }
 
 func ociUpdate(g *ociGlobal, args []string) error {
