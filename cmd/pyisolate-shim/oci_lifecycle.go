@@ -264,14 +264,7 @@ func (g *ociGlobal) load(id string) (*runtime.Runtime, *runtime.Container, error
 }
 
 func ociStart(g *ociGlobal, args []string) error {
-	pos, err := parseOCIFlags(ociFlags("start"), args, 0)
-	if err != nil {
-		return err
-	}
-	if err := needArgs("start", pos, 1, true); err != nil {
-		return err
-	}
-	_, c, err := g.load(pos[0])
+	c, err := ociLoadOne(g, "start", args)
 	if err != nil {
 		return err
 	}

@@ -82,14 +82,7 @@ func printJSON(v any) error {
 }
 
 func ociState(g *ociGlobal, args []string) error {
-	pos, err := parseOCIFlags(ociFlags("state"), args, 0)
-	if err != nil {
-		return err
-	}
-	if err := needArgs("state", pos, 1, true); err != nil {
-		return err
-	}
-	_, c, err := g.load(pos[0])
+	c, err := ociLoadOne(g, "state", args)
 	if err != nil {
 		return err
 	}
@@ -360,18 +353,25 @@ func ociResume(g *ociGlobal, args []string) error {
 // ociOnContainer runs a verb that takes one container id and no flags of its
 // own: fn on the loaded container.
 func ociOnContainer(g *ociGlobal, verb string, args []string, fn func(*runtime.Container) error) error {
-	pos, err := parseOCIFlags(ociFlags(verb), args, 0)
-	if err != nil {
-		return err
-	}
-	if err := needArgs(verb, pos, 1, true); err != nil {
-		return err
-	}
-	_, c, err := g.load(pos[0])
+	c, err := ociLoadOne(g, verb, args)
 	if err != nil {
 		return err
 	}
 	return fn(c)
+}
+
+// ociLoadOne parses the arguments of a verb that takes one container id and
+// no flags of its own, and loads that container.
+func ociLoadOne(g *ociGlobal, verb string, args []string) (*runtime.Container, error) {
+	pos, err := parseOCIFlags(ociFlags(verb), args, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := needArgs(verb, pos, 1, true); err != nil {
+		return nil, err
+	}
+	_, c, err := g.load(pos[0])
+	return c, err
 }
 
 func ociUpdate(g *ociGlobal, args []string) error {
