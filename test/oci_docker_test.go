@@ -188,12 +188,7 @@ func TestOCIDocker(t *testing.T) {
 	}
 	bin := ociBin(t)
 	d := ociStartDockerd(t, bin)
-	rootfs := ctrdBusybox(t, filepath.Join(d.dir, "busybox"))
-	tarball := filepath.Join(d.dir, "busybox.tar")
-	if out, err := exec.Command("tar", "-C", rootfs, "-cf", tarball, ".").CombinedOutput(); err != nil {
-		t.Fatalf("tar: %v\n%s", err, out)
-	}
-	d.must(0, "import", tarball, "pyisolate-busybox:test")
+	d.must(0, "import", ociBusyboxTar(t, d.dir), "pyisolate-busybox:test")
 	img := "pyisolate-busybox:test"
 	run := []string{"run", "--rm", "--runtime", "pyisolate"}
 
@@ -297,4 +292,17 @@ func ociPtyRun(t testing.TB, argv, env []string, input string) (string, error) {
 	case <-time.After(5 * time.Second):
 	}
 	return got.String(), err
+}
+
+// ociBusyboxTar writes a tar of a busybox-static root filesystem into dir,
+// what `docker import` and `podman import` make an image of, and returns its
+// path.
+func ociBusyboxTar(t *testing.T, dir string) string {
+	t.Helper()
+	rootfs := ctrdBusybox(t, filepath.Join(dir, "busybox"))
+	tarball := filepath.Join(dir, "busybox.tar")
+	if out, err := exec.Command("tar", "-C", rootfs, "-cf", tarball, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	return tarball
 }

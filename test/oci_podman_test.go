@@ -132,12 +132,7 @@ func TestOCIPodman(t *testing.T) {
 	}
 	bin := ociBin(t)
 	p := ociNewPodman(t, bin)
-	rootfs := ctrdBusybox(t, filepath.Join(p.dir, "busybox"))
-	tarball := filepath.Join(p.dir, "busybox.tar")
-	if out, err := exec.Command("tar", "-C", rootfs, "-cf", tarball, ".").CombinedOutput(); err != nil {
-		t.Fatalf("tar: %v\n%s", err, out)
-	}
-	p.must(0, "import", tarball, "pyisolate-busybox:test")
+	p.must(0, "import", ociBusyboxTar(t, p.dir), "pyisolate-busybox:test")
 	img := "pyisolate-busybox:test"
 	run := []string{"run", "--rm", "--network", "none"}
 	if r := p.must(0, append(run, img, "sh", "-c", "echo hello; echo err >&2")...); r.Stdout != "hello\n" || r.Stderr != "err\n" {
