@@ -42,7 +42,7 @@ func ociNewPodman(t *testing.T, bin string) *ociPodman {
 		t.Fatal(err)
 	}
 	var had []string
-	for _, p := range []string{"/var/lib/containers", "/sys/fs/cgroup/pids/libpod_parent"} {
+	for _, p := range []string{"/var/lib/containers", "/sys/fs/cgroup/pids/libpod_parent", "/dev/shm/libpod_lock"} {
 		if _, err := os.Stat(p); err == nil {
 			had = append(had, p)
 		}
@@ -73,6 +73,9 @@ func ociNewPodman(t *testing.T, bin string) *ociPodman {
 		}
 		if !contains(had, "/sys/fs/cgroup/pids/libpod_parent") {
 			ociRemoveCgroups(t, "libpod_parent") // conmon's
+		}
+		if !contains(had, "/dev/shm/libpod_lock") {
+			_ = os.Remove("/dev/shm/libpod_lock") // Podman's shm lock manager
 		}
 	})
 	return p
