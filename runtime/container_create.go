@@ -181,8 +181,14 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
 	// Process rlimits apply to the init; keep them in the config as well so
-	// that processes started by Exec get the same ones by default.
+	// that processes started by Exec get the same ones by default. RLIMIT_AS
+	// is set once the init is done (rlimit_as.go).
+	var as *configs.Rlimit
+	proc.Rlimits, as = takeRlimitAS(proc.Rlimits)
 	cfg.Rlimits = proc.Rlimits
+	if as != nil {
+		cfg.Labels = append(cfg.Labels, rlimitASLabelFor(as))
+	}
 	if opts.DieWithParent {
 		cfg.ParentDeathSignal = int(unix.SIGKILL)
 	}
@@ -219,6 +225,12 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 		cons, err = startWithConsole(lc.Start, proc, ls.Process, opts.ConsoleSocket)
 		return err
 	})
+	if err == nil {
+		var pid int
+		if pid, err = proc.Pid(); err == nil {
+			err = setRlimitAS(pid, as)
+		}
+	}
 	if err != nil {
 		_ = lc.Destroy()
 		return nil, fmt.Errorf("create container %s: start init: %w", id, err)

@@ -161,8 +161,28 @@ func (c *Container) Exec(ctx context.Context, p *specs.Process, stdio Stdio) (*P
 	}
 	lp.Stdin, lp.Stdout, lp.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
 	lp.ExtraFiles = stdio.ExtraFiles
+	// RLIMIT_AS is set once the setns init is done (rlimit_as.go): the
+	// process's own, else the init's.
+	as := rlimitASFromLabels(c.lc.Config().Labels)
+	if len(lp.Rlimits) > 0 {
+		lp.Rlimits, as = takeRlimitAS(lp.Rlimits)
+		if len(lp.Rlimits) == 0 {
+			// An empty list would fall back to the init's rlimits;
+			// the process asked for its own, inheriting the rest.
+			lp.Rlimits = inheritedRlimit()
+		}
+	}
 	base, _ := c.oomKills()
 	cons, err := startWithConsole(c.lc.Run, lp, p, stdio.ConsoleSocket)
+	if err == nil {
+		var pid int
+		if pid, err = lp.Pid(); err == nil {
+			if err = setRlimitAS(pid, as); err != nil {
+				_ = lp.Signal(unix.SIGKILL)
+				_, _ = lp.Wait()
+			}
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("exec in container %s: %w", c.ID(), err)
 	}

@@ -1,0 +1,89 @@
+package runtime
+
+// RLIMIT_AS and the Go init.
+//
+// libcontainer sets a process's rlimits from the parent as soon as the init
+// (or an exec's setns init) reports ready, and the init then goes on to load
+// the seccomp filter, still as this Go binary. A Go 1.26 binary reserves
+// about 1.1 GiB of PROT_NONE address space at start (the page allocator's
+// summaries and scavenger index), so an address-space limit around 1 GiB,
+// which runtime-tools' process_rlimits and some clients ask for, makes every
+// later mmap of the init fail: loading the filter fails with ENOMEM and the
+// container is never created. runc built with an older Go reserves half as
+// much and only just fits.
+//
+// So RLIMIT_AS is held back from libcontainer and set here, from the
+// parent, once the init has loaded seccomp and waits for start (create) or
+// is about to exec (exec). The container's program, which starts with a
+// fresh address space at execve, runs under exactly the requested limit.
+// For an exec the limit lands microseconds after the program starts; the
+// memory bound a sandbox relies on is the cgroup's, not this rlimit.
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"golang.org/x/sys/unix"
+)
+
+// rlimitASLabel is the container label that keeps the init's RLIMIT_AS
+// ("soft:hard") for processes that Exec starts with no rlimits of their own.
+const rlimitASLabel = "io.pyisolate.rlimit-as="
+
+// takeRlimitAS removes RLIMIT_AS from rl and returns it (nil if absent).
+func takeRlimitAS(rl []configs.Rlimit) ([]configs.Rlimit, *configs.Rlimit) {
+	i := slices.IndexFunc(rl, func(r configs.Rlimit) bool { return r.Type == unix.RLIMIT_AS })
+	if i < 0 {
+		return rl, nil
+	}
+	as := rl[i]
+	rest := slices.DeleteFunc(slices.Clone(rl), func(r configs.Rlimit) bool { return r.Type == unix.RLIMIT_AS })
+	return rest, &as
+}
+
+// rlimitASFromLabels returns the RLIMIT_AS that rlimitASLabel recorded, or nil.
+func rlimitASFromLabels(labels []string) *configs.Rlimit {
+	for _, l := range labels {
+		v, ok := strings.CutPrefix(l, rlimitASLabel)
+		if !ok {
+			continue
+		}
+		s, h, ok := strings.Cut(v, ":")
+		soft, err1 := strconv.ParseUint(s, 10, 64)
+		hard, err2 := strconv.ParseUint(h, 10, 64)
+		if ok && err1 == nil && err2 == nil {
+			return &configs.Rlimit{Type: unix.RLIMIT_AS, Soft: soft, Hard: hard}
+		}
+	}
+	return nil
+}
+
+// rlimitASLabelFor is the label that records as.
+func rlimitASLabelFor(as *configs.Rlimit) string {
+	return fmt.Sprintf("%s%d:%d", rlimitASLabel, as.Soft, as.Hard)
+}
+
+// setRlimitAS sets as on the process pid; nil sets nothing.
+func setRlimitAS(pid int, as *configs.Rlimit) error {
+	if as == nil {
+		return nil
+	}
+	if err := unix.Prlimit(pid, unix.RLIMIT_AS, &unix.Rlimit{Cur: as.Soft, Max: as.Hard}, nil); err != nil {
+		return fmt.Errorf("process.rlimits: set RLIMIT_AS (soft %d, hard %d) on pid %d: %w", as.Soft, as.Hard, pid, err)
+	}
+	return nil
+}
+
+// inheritedRlimit is a list that changes nothing: this process's own
+// RLIMIT_CORE, which a child inherits anyway. libcontainer gives a process
+// with an empty list the init's rlimits instead of its parent's.
+func inheritedRlimit() []configs.Rlimit {
+	var cur unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_CORE, &cur); err != nil {
+		return nil
+	}
+	return []configs.Rlimit{{Type: unix.RLIMIT_CORE, Soft: cur.Cur, Hard: cur.Max}}
+}
