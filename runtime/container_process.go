@@ -163,7 +163,11 @@ func (c *Container) Exec(ctx context.Context, p *specs.Process, stdio Stdio) (*P
 	lp.ExtraFiles = stdio.ExtraFiles
 	// RLIMIT_AS is set once the setns init is done (rlimit_as.go): the
 	// process's own, else the init's.
-	as := rlimitASFromLabels(c.lc.Config().Labels)
+	extra, err := c.rt.readExtraState(c.ID())
+	if err != nil {
+		return nil, fmt.Errorf("exec in container %s: %w", c.ID(), err)
+	}
+	as := extra.RlimitAS
 	if len(lp.Rlimits) > 0 {
 		lp.Rlimits, as = takeRlimitAS(lp.Rlimits)
 		if len(lp.Rlimits) == 0 {

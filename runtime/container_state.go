@@ -55,6 +55,11 @@ func (c *Container) State() (State, error) {
 		return State{}, fmt.Errorf("state of container %s: %w", c.ID(), err)
 	}
 	bundle, ann := utils.Annotations(s.Config.Labels)
+	extra, err := c.rt.readExtraState(c.ID())
+	if err != nil {
+		return State{}, fmt.Errorf("state of container %s: %w", c.ID(), err)
+	}
+	ann = extra.withRuntimeAnnotations(ann)
 	st := State{
 		ID:          c.ID(),
 		Status:      statusOf(status),

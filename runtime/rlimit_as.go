@@ -22,16 +22,10 @@ package runtime
 import (
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
 )
-
-// rlimitASLabel is the container label that keeps the init's RLIMIT_AS
-// ("soft:hard") for processes that Exec starts with no rlimits of their own.
-const rlimitASLabel = "io.pyisolate.rlimit-as="
 
 // takeRlimitAS removes RLIMIT_AS from rl and returns it (nil if absent).
 func takeRlimitAS(rl []configs.Rlimit) ([]configs.Rlimit, *configs.Rlimit) {
@@ -42,28 +36,6 @@ func takeRlimitAS(rl []configs.Rlimit) ([]configs.Rlimit, *configs.Rlimit) {
 	as := rl[i]
 	rest := slices.DeleteFunc(slices.Clone(rl), func(r configs.Rlimit) bool { return r.Type == unix.RLIMIT_AS })
 	return rest, &as
-}
-
-// rlimitASFromLabels returns the RLIMIT_AS that rlimitASLabel recorded, or nil.
-func rlimitASFromLabels(labels []string) *configs.Rlimit {
-	for _, l := range labels {
-		v, ok := strings.CutPrefix(l, rlimitASLabel)
-		if !ok {
-			continue
-		}
-		s, h, ok := strings.Cut(v, ":")
-		soft, err1 := strconv.ParseUint(s, 10, 64)
-		hard, err2 := strconv.ParseUint(h, 10, 64)
-		if ok && err1 == nil && err2 == nil {
-			return &configs.Rlimit{Type: unix.RLIMIT_AS, Soft: soft, Hard: hard}
-		}
-	}
-	return nil
-}
-
-// rlimitASLabelFor is the label that records as.
-func rlimitASLabelFor(as *configs.Rlimit) string {
-	return fmt.Sprintf("%s%d:%d", rlimitASLabel, as.Soft, as.Hard)
 }
 
 // setRlimitAS sets as on the process pid; nil sets nothing.

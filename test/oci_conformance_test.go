@@ -27,9 +27,6 @@ var ociConformanceSubset = []string{"create", "start", "state", "kill", "delete"
 // ociKnownDifferences are the programs where pyisolate-runc passes fewer
 // tests than runc 1.1.5, and why.
 var ociKnownDifferences = map[string]string{
-	"hooks_stdin": "the runtime records its decisions (io.pyisolate.out.policy, io.pyisolate.out.restriction) " +
-		"as annotations of the container, and the state hooks receive carries them; the program wants exactly " +
-		"the config's annotations (runc fails the prestart and poststart cases too, on hook timing)",
 }
 
 func TestOCIRuntimeTools(t *testing.T) {
