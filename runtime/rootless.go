@@ -33,13 +33,17 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/moby/sys/userns"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
 // Rootless reports whether this process runs the runtime rootless: without
-// root (euid != 0).
-func Rootless() bool { return os.Geteuid() != 0 }
+// root (euid != 0), or as root of a user namespace that maps only some of
+// the host's ids, where root has no power over the host (rootless Podman and
+// `podman unshare` run the runtime so, as euid 0 in the user's namespace;
+// so does `unshare -r`). runc decides the same way.
+func Rootless() bool { return os.Geteuid() != 0 || userns.RunningInUserNS() }
 
 // DefaultStateRoot is the state root used when none is given, for the user
 // running this process: DefaultRoot (/run/pyisolate) for root;
@@ -48,17 +52,21 @@ func Rootless() bool { return os.Geteuid() != 0 }
 // XDG_RUNTIME_DIR is unset (ensureRoot refuses it when someone else made it
 // first).
 func DefaultStateRoot() string {
-	return DefaultStateRootFor(os.Geteuid(), os.Getenv("XDG_RUNTIME_DIR"))
+	return DefaultStateRootFor(os.Geteuid(), Rootless(), os.Getenv("XDG_RUNTIME_DIR"), "pyisolate")
 }
 
-func DefaultStateRootFor(euid int, xdg string) string {
+// DefaultStateRootFor is the default state root named name of a process
+// with euid, rootless or not (see Rootless), and $XDG_RUNTIME_DIR xdg:
+// /run/<name> as root, <xdg>/<name> rootless, /tmp/<name>-<euid> rootless
+// without an absolute xdg.
+func DefaultStateRootFor(euid int, rootless bool, xdg, name string) string {
 	switch {
-	case euid == 0:
-		return DefaultRoot
+	case !rootless:
+		return filepath.Join("/run", name)
 	case xdg != "" && filepath.IsAbs(xdg):
-		return filepath.Join(xdg, "pyisolate")
+		return filepath.Join(xdg, name)
 	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("pyisolate-%d", euid))
+	return filepath.Join(os.TempDir(), fmt.Sprintf("%s-%d", name, euid))
 }
 
 // EnsureRootlessDir makes dir (and its parents) for a rootless runtime and
@@ -103,6 +111,11 @@ func RootlessIDMappings() (uids, gids []specs.LinuxIDMapping, note string) {
 func RootlessIDMappingsFor(euid, egid int, etc string, lookPath func(string) (string, error)) (uids, gids []specs.LinuxIDMapping, note string) {
 	uids = []specs.LinuxIDMapping{{ContainerID: 0, HostID: uint32(euid), Size: 1}}
 	gids = []specs.LinuxIDMapping{{ContainerID: 0, HostID: uint32(egid), Size: 1}}
+	if euid == 0 {
+		// Root of a user namespace (Rootless): its own root, one id;
+		// newuidmap works from the host's namespace only.
+		return uids, gids, fmt.Sprintf("container root is uid 0, gid %d of this user namespace (one id)", egid)
+	}
 	name := strconv.Itoa(euid)
 	if u, err := user.LookupId(name); err == nil {
 		name = u.Username

@@ -12,19 +12,22 @@ import (
 
 func TestDefaultStateRootFor(t *testing.T) {
 	tests := []struct {
-		name string
-		euid int
-		xdg  string
-		want string
+		name     string
+		euid     int
+		rootless bool
+		xdg      string
+		want     string
 	}{
-		{"root", 0, "/run/user/0", DefaultRoot},
-		{"user with XDG_RUNTIME_DIR", 1000, "/run/user/1000", "/run/user/1000/pyisolate"},
-		{"user without it", 1000, "", filepath.Join(os.TempDir(), "pyisolate-1000")},
-		{"relative XDG_RUNTIME_DIR is ignored", 1000, "run/user", filepath.Join(os.TempDir(), "pyisolate-1000")},
+		{"root", 0, false, "/run/user/0", DefaultRoot},
+		{"user with XDG_RUNTIME_DIR", 1000, true, "/run/user/1000", "/run/user/1000/pyisolate"},
+		{"user without it", 1000, true, "", filepath.Join(os.TempDir(), "pyisolate-1000")},
+		{"relative XDG_RUNTIME_DIR is ignored", 1000, true, "run/user", filepath.Join(os.TempDir(), "pyisolate-1000")},
+		{"root of a user namespace (rootless Podman)", 0, true, "/run/user/1000", "/run/user/1000/pyisolate"},
+		{"root of a user namespace without it", 0, true, "", filepath.Join(os.TempDir(), "pyisolate-0")},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := DefaultStateRootFor(tc.euid, tc.xdg); got != tc.want {
+			if got := DefaultStateRootFor(tc.euid, tc.rootless, tc.xdg, "pyisolate"); got != tc.want {
 				t.Errorf("DefaultStateRootFor(%d, %q) = %q, want %q", tc.euid, tc.xdg, got, tc.want)
 			}
 		})

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -29,9 +30,18 @@ type ociPodman struct {
 	env  []string
 }
 
-// ociNewPodman returns Podman with the pyisolate runtime at bin and
+// ociNewPodman returns rootful Podman with the pyisolate runtime at bin and
 // registers the clean-up of everything it made.
 func ociNewPodman(t *testing.T, bin string) *ociPodman {
+	return ociNewPodmanAs(t, bin, -1)
+}
+
+// ociNewPodmanAs is ociNewPodman run by the user uid (its group the same
+// number) through setpriv, rootless Podman, or by root when uid < 0. A
+// user's Podman gets its own HOME and XDG_RUNTIME_DIR in the test's
+// directory, which is theirs; the pause process that holds its user
+// namespace is killed at the end.
+func ociNewPodmanAs(t *testing.T, bin string, uid int) *ociPodman {
 	t.Helper()
 	podman, err := exec.LookPath("podman")
 	if err != nil {
@@ -41,8 +51,34 @@ func ociNewPodman(t *testing.T, bin string) *ociPodman {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var prefix, userEnv []string
+	if uid >= 0 {
+		for _, d := range []string{"home", "xdg"} {
+			if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := filepath.WalkDir(dir, func(p string, _ os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, uid, uid)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		id := strconv.Itoa(uid)
+		prefix = []string{"setpriv", "--reuid", id, "--regid", id, "--clear-groups"}
+		userEnv = []string{"HOME=" + filepath.Join(dir, "home"), "XDG_RUNTIME_DIR=" + filepath.Join(dir, "xdg"), "USER="}
+	}
+	shmLock := "/dev/shm/libpod_lock" // Podman's shm lock manager
+	if uid >= 0 {
+		shmLock = fmt.Sprintf("/dev/shm/libpod_rootless_lock_%d", uid)
+	}
 	var had []string
-	for _, p := range []string{"/var/lib/containers", "/sys/fs/cgroup/pids/libpod_parent", "/dev/shm/libpod_lock"} {
+	for _, p := range []string{"/var/lib/containers", "/sys/fs/cgroup/pids/libpod_parent", shmLock} {
 		if _, err := os.Stat(p); err == nil {
 			had = append(had, p)
 		}
@@ -55,13 +91,19 @@ func ociNewPodman(t *testing.T, bin string) *ociPodman {
 	if err := os.WriteFile(filepath.Join(dir, "containers.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &ociPodman{t: t, dir: dir, env: append(os.Environ(), "CONTAINERS_CONF="+filepath.Join(dir, "containers.conf"))}
-	p.args = []string{podman, "--root", filepath.Join(dir, "storage"), "--runroot", filepath.Join(dir, "run"),
+	p := &ociPodman{t: t, dir: dir, env: append(append(os.Environ(), userEnv...), "CONTAINERS_CONF="+filepath.Join(dir, "containers.conf"))}
+	p.args = append(prefix, podman, "--root", filepath.Join(dir, "storage"), "--runroot", filepath.Join(dir, "run"),
 		"--tmpdir", filepath.Join(dir, "tmp"), "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
-		"--events-backend", "file", "--runtime", bin}
+		"--events-backend", "file", "--runtime", bin)
 	t.Cleanup(func() {
 		p.run("rm", "-af", "-t", "0")
 		p.run("rmi", "-af")
+		if b, err := os.ReadFile(filepath.Join(dir, "tmp", "pause.pid")); err == nil {
+			// Rootless Podman's pause process, holding its user namespace.
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
 		for _, m := range ctrdMountsUnder(dir) {
 			_ = syscall.Unmount(m, syscall.MNT_DETACH)
 		}
@@ -74,8 +116,8 @@ func ociNewPodman(t *testing.T, bin string) *ociPodman {
 		if !contains(had, "/sys/fs/cgroup/pids/libpod_parent") {
 			ociRemoveCgroups(t, "libpod_parent") // conmon's
 		}
-		if !contains(had, "/dev/shm/libpod_lock") {
-			_ = os.Remove("/dev/shm/libpod_lock") // Podman's shm lock manager
+		if !contains(had, shmLock) {
+			_ = os.Remove(shmLock)
 		}
 	})
 	return p
@@ -189,5 +231,74 @@ func ociRemoveCgroups(t testing.TB, name string) {
 				t.Errorf("remove cgroup %s: %v", dirs[i], err)
 			}
 		}
+	}
+}
+
+// TestOCIPodmanRootless runs containers through rootless Podman 4.3 (the
+// user 65534, no /etc/subuid range: one id) with --runtime pyisolate-runc.
+// Podman runs the runtime as euid 0 of the user's own user namespace: the
+// runtime must see that it is rootless there (state under
+// $XDG_RUNTIME_DIR/pyisolate-runc, no host cgroups, no pinning) and still
+// apply the hardened policy and its floors.
+func TestOCIPodmanRootless(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the rootless Podman test switches to uid 65534: it needs root to start")
+	}
+	if testing.Short() {
+		t.Skip("Podman end-to-end tests (-short)")
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv (util-linux) is not installed")
+	}
+	bin := ociBin(t)
+	p := ociNewPodmanAs(t, bin, 65534)
+	tarball := ociBusyboxTar(t, p.dir)
+	if err := os.Chmod(tarball, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.must(0, "import", tarball, "pyisolate-busybox:test")
+	img := "pyisolate-busybox:test"
+	run := []string{"run", "--rm", "--network", "none"}
+	if r := p.must(0, append(run, img, "sh", "-c", "echo hello; echo err >&2")...); r.Stdout != "hello\n" || r.Stderr != "err\n" {
+		t.Errorf("podman run output: %s", r)
+	}
+	p.must(3, append(run, img, "sh", "-c", "exit 3")...)
+	p.must(127, append(run, img, "nosuchcmd")...)
+	// The runtime ran as the user's namespace root, with its state in the
+	// user's runtime directory.
+	st, err := os.Stat(filepath.Join(p.dir, "xdg", ociName))
+	if err != nil {
+		t.Fatalf("no state root in $XDG_RUNTIME_DIR: %v", err)
+	}
+	if sys := st.Sys().(*syscall.Stat_t); sys.Uid != 65534 || st.Mode().Perm() != 0o700 {
+		t.Errorf("state root %s: uid %d, mode %v; want the user's own 0700 directory", filepath.Join(p.dir, "xdg", ociName), sys.Uid, st.Mode().Perm())
+	}
+	// The hardened policy's floors hold: no_new_privileges, seccomp, and
+	// no capability beyond Podman's default set.
+	r := p.must(0, append(run, img, "sh", "-c", "grep -E '^(NoNewPrivs|Seccomp|CapBnd):' /proc/self/status")...)
+	for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2"} {
+		if !strings.Contains(r.Stdout, want) {
+			t.Errorf("rootless container status lacks %q:\n%s", want, r.Stdout)
+		}
+	}
+	if r := p.run(append(run, "--privileged", img, "true")...); r.Code == 0 || !strings.Contains(r.Stderr, "refused by policy hardened") {
+		t.Errorf("--privileged under the hardened policy: %s", r)
+	}
+	p.must(0, "run", "-d", "--name", "oci-rp1", "--network", "none", img, "sleep", "1000")
+	if r := p.must(4, "exec", "oci-rp1", "sh", "-c", "echo in-exec; exit 4"); r.Stdout != "in-exec\n" {
+		t.Errorf("podman exec output: %s", r)
+	}
+	p.must(0, "stop", "-t", "1", "oci-rp1")
+	if r := p.must(0, "inspect", "-f", "{{.State.ExitCode}}", "oci-rp1"); strings.TrimSpace(r.Stdout) != "137" {
+		t.Errorf("after podman stop: exit code %s", r.Stdout)
+	}
+	p.must(0, "rm", "oci-rp1")
+	out, err := ociPtyRun(t, append(p.args, "run", "-it", "--rm", "--network", "none", img,
+		"sh", "-c", "test -t 0 && echo tty-yes; read x; echo got-$x"), p.env, "typed\r")
+	if err != nil || !strings.Contains(out, "tty-yes") || !strings.Contains(out, "got-typed") {
+		t.Errorf("podman run -it: %v, output %q, want tty-yes and got-typed", err, out)
+	}
+	if r := p.must(0, "ps", "-aq"); strings.TrimSpace(r.Stdout) != "" {
+		t.Errorf("containers left: %s", r.Stdout)
 	}
 }

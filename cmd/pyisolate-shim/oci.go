@@ -34,6 +34,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 
+	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
@@ -49,19 +50,12 @@ const ociDefaultRootName = "pyisolate-runc"
 const ociPolicyEnv = "PYISOLATE_POLICY"
 
 // ociDefaultRoot is the default --root: /run/pyisolate-runc as root,
-// $XDG_RUNTIME_DIR/pyisolate-runc otherwise (as runc's /run/runc and
+// $XDG_RUNTIME_DIR/pyisolate-runc rootless (also as root of a user
+// namespace, as rootless Podman runs it; see runtime.Rootless) (as runc's /run/runc and
 // $XDG_RUNTIME_DIR/runc), /tmp/pyisolate-runc-<uid> without one (the
 // runtime refuses it when another user made it).
 func ociDefaultRoot() string {
-	euid := os.Geteuid()
-	xdg := os.Getenv("XDG_RUNTIME_DIR")
-	switch {
-	case euid == 0:
-		return filepath.Join("/run", ociDefaultRootName)
-	case xdg != "" && filepath.IsAbs(xdg):
-		return filepath.Join(xdg, ociDefaultRootName)
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("%s-%d", ociDefaultRootName, euid))
+	return runtime.DefaultStateRootFor(os.Geteuid(), runtime.Rootless(), os.Getenv("XDG_RUNTIME_DIR"), ociDefaultRootName)
 }
 
 // ociGlobal holds the global flags, given before the verb.

@@ -266,6 +266,10 @@ type hostFacts struct {
 	// this process runs in the host's user namespace, not in a container
 	// that has one of its own.
 	initialUserNS bool
+	// partialUserNS: /proc/self/uid_map maps only some ids, so this
+	// process runs in a user namespace (rootless Podman's, `unshare -r`),
+	// where even euid 0 has no power over the host.
+	partialUserNS bool
 }
 
 // detectAt is Detect's core, reading the host through env.
@@ -333,8 +337,10 @@ func readFacts(env detectEnv) (hostFacts, error) {
 		unprivClone:    readInt(env.path("/proc/sys/kernel/unprivileged_userns_clone")),
 		selinuxEnforce: readInt(env.path("/sys/fs/selinux/enforce")),
 		wsl:            wslVersion(readString(env.path("/proc/version"))),
-		initialUserNS:  strings.Join(strings.Fields(readString(env.path("/proc/self/uid_map"))), " ") == "0 0 4294967295",
 	}
+	uidMap := strings.Join(strings.Fields(readString(env.path("/proc/self/uid_map"))), " ")
+	f.initialUserNS = uidMap == "0 0 4294967295"
+	f.partialUserNS = uidMap != "" && !f.initialUserNS
 	status := env.path("/proc/self/status")
 	b, err := os.ReadFile(status)
 	if err != nil {

@@ -50,7 +50,7 @@ func detectRootless(env detectEnv, f hostFacts, p *Profile) {
 		}
 	}
 	p.Warnings = kept
-	if f.euid <= 0 {
+	if f.euid < 0 || f.euid == 0 && !f.partialUserNS {
 		p.Rootless, p.RootlessMode = false, nil
 		return
 	}
@@ -61,7 +61,7 @@ func detectRootless(env detectEnv, f hostFacts, p *Profile) {
 			egid = n
 		}
 	}
-	m := &RootlessMode{UID: f.euid, GID: egid, StateRoot: runtime.DefaultStateRootFor(f.euid, os.Getenv("XDG_RUNTIME_DIR"))}
+	m := &RootlessMode{UID: f.euid, GID: egid, StateRoot: runtime.DefaultStateRootFor(f.euid, true, os.Getenv("XDG_RUNTIME_DIR"), "pyisolate")}
 	_, _, m.IDMapping = runtime.RootlessIDMappingsFor(f.euid, egid, env.path("/etc"), exec.LookPath)
 	shm := env.path(ShmPath)
 	if st, err := env.statfs(shm); err == nil && st.Tmpfs && env.writable(shm) {

@@ -130,7 +130,7 @@ const (
 // 0710): no other host user can plant files in, read or fill the group's
 // shared memory and sockets. Without root it is the caller's, mode 0700.
 func restrictGroupDir(dir string) error {
-	if os.Geteuid() == 0 {
+	if !runtime.Rootless() {
 		if err := os.Chown(dir, 0, spec.DefaultIDMapBase); err != nil {
 			return err
 		}
@@ -152,7 +152,7 @@ func mountSocketDir(dir string) error {
 	if mounted, err := mountinfo.Mounted(dir); err != nil || mounted {
 		return err
 	}
-	if os.Geteuid() != 0 {
+	if runtime.Rootless() {
 		return os.Chmod(dir, 0o777|os.ModeSticky)
 	}
 	data := fmt.Sprintf("size=%d,nr_inodes=%d,mode=1777", SocketDirSize, socketDirInodes)
