@@ -33,6 +33,9 @@ func (r *Runtime) removeRootfs(id string) error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove rootfs %s: %w", p, err)
 	}
+	if base := r.rootfsBase(); strings.HasPrefix(base, FallbackRootfsDir+"/") {
+		_ = os.Remove(base) // this root's, once its last rootfs is gone
+	}
 	return nil
 }
 

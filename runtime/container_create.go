@@ -2,6 +2,8 @@ package runtime
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -33,8 +35,8 @@ func (r *Runtime) EmptyRootfs(id string) (string, error) {
 	if err := r.ensureRoot(); err != nil {
 		return "", err
 	}
-	dir := filepath.Join(r.root(), rootfsDir)
-	if err := os.Mkdir(dir, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
+	dir := r.rootfsBase()
+	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return "", fmt.Errorf("create rootfs directory: %w", err)
 	}
 	if err := chmodIfNot(r.root(), stateRootMode()); err != nil {
@@ -89,7 +91,43 @@ func chmodIfNot(p string, mode os.FileMode) error {
 
 // emptyRootfsPath is where EmptyRootfs puts the rootfs of id.
 func (r *Runtime) emptyRootfsPath(id string) string {
-	return filepath.Join(r.root(), rootfsDir, id)
+	return filepath.Join(r.rootfsBase(), id)
+}
+
+// FallbackRootfsDir holds the root filesystem directories of state roots
+// that a container in a user namespace could not walk to (see rootfsBase).
+const FallbackRootfsDir = "/run/pyisolate-rootfs"
+
+// rootfsBase is the directory of the containers' root filesystems (empty
+// ones, and bundles' staged ones, pin.go): <Root>/rootfs. The init of a
+// container whose root is an unprivileged host uid (a user namespace)
+// reaches it by path, so every directory above Root must let others
+// through. Docker's does not (the runtime root it gives lies under its
+// 0700 exec root), nor does one under a mktemp -d directory: their base is
+// FallbackRootfsDir/<sha256 of Root, 16 hex digits>, 0711 from /run down.
+// Rootless, the container's root is the caller, who walks its own
+// directories.
+func (r *Runtime) rootfsBase() string {
+	root := r.root()
+	if Rootless() || othersMayWalk(filepath.Dir(root)) {
+		return filepath.Join(root, rootfsDir)
+	}
+	sum := sha256.Sum256([]byte(root))
+	return filepath.Join(FallbackRootfsDir, hex.EncodeToString(sum[:8]))
+}
+
+// othersMayWalk reports whether dir and every directory above it have the
+// search bit for others.
+func othersMayWalk(dir string) bool {
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil || st.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		if d == "/" {
+			return true
+		}
+	}
 }
 
 // Create creates container id from spec s and starts its init process in the
@@ -140,9 +178,9 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
 	empty := ls.Root.Path == r.emptyRootfsPath(id)
-	pinRootfs := os.Geteuid() == 0 && !empty && hasUserNamespace(ls)
+	pinRootfs := !Rootless() && !empty && hasUserNamespace(ls)
 	pins := append(spec.PinnedPaths(ls), opts.PinSources...)
-	if os.Geteuid() != 0 {
+	if Rootless() {
 		pins = nil
 	}
 	var pin *pinned
@@ -166,8 +204,11 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 		UseSystemdCgroup: opts.Systemd,
 		NoPivotRoot:      opts.NoPivot,
 		Spec:             ls,
-		RootlessEUID:     rootless,
-		RootlessCgroups:  rootless,
+		// As runc: the euid decides what libcontainer may do itself
+		// (as root of a user namespace it needs no user namespace of its
+		// own); cgroups are the host's, off limits in either case.
+		RootlessEUID:    os.Geteuid() != 0,
+		RootlessCgroups: rootless,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: convert spec: %w", id, err)
@@ -183,12 +224,12 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	// Process rlimits apply to the init; keep them in the config as well so
 	// that processes started by Exec get the same ones by default. RLIMIT_AS
 	// is set once the init is done (rlimit_as.go).
-	var as *configs.Rlimit
-	proc.Rlimits, as = takeRlimitAS(proc.Rlimits)
+	var extra extraState
+	proc.Rlimits, extra.RlimitAS = takeRlimitAS(proc.Rlimits)
 	cfg.Rlimits = proc.Rlimits
-	if as != nil {
-		cfg.Labels = append(cfg.Labels, rlimitASLabelFor(as))
-	}
+	// The runtime's own annotations are kept beside the config, out of
+	// the state hooks read (container_extra.go).
+	cfg.Labels, extra.Annotations = takeRuntimeAnnotations(cfg.Labels)
 	if opts.DieWithParent {
 		cfg.ParentDeathSignal = int(unix.SIGKILL)
 	}
@@ -216,6 +257,10 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
+	if err := r.writeExtraState(id, extra); err != nil {
+		_ = lc.Destroy()
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
 	Phase("libcontainer create (state, cgroups)")
 	proc.Init = true
 	proc.Stdin, proc.Stdout, proc.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
@@ -228,7 +273,7 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	if err == nil {
 		var pid int
 		if pid, err = proc.Pid(); err == nil {
-			err = setRlimitAS(pid, as)
+			err = setRlimitAS(pid, extra.RlimitAS)
 		}
 	}
 	if err != nil {

@@ -78,7 +78,7 @@ func (r *Runtime) pinSources(id string, ls *specs.Spec, paths []string, pinRootf
 	}
 	if pinRootfs {
 		dst := r.emptyRootfsPath(id)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o711); err != nil {
+		if err := os.MkdirAll(r.rootfsBase(), 0o711); err != nil {
 			return nil, fmt.Errorf("pin rootfs: %w", err)
 		}
 		if err := stageTree(ls.Root.Path, dst); err != nil {

@@ -82,7 +82,13 @@ func TestChooseRootfs(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipped: EmptyRootfs chowns to root, which needs root")
 	}
-	rt := &runtime.Runtime{Root: t.TempDir()}
+	// Under /run, which others may walk: the rootfs base is <Root>/rootfs.
+	root, err := os.MkdirTemp("/run", "pyisolate-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	rt := &runtime.Runtime{Root: root}
 	bundle := t.TempDir()
 	// No rootfs: an empty one under the state root.
 	got, err := chooseRootfs(rt, "c1", bundle, nil)

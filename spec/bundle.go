@@ -21,9 +21,10 @@ const MaxConfigSize = 16 << 20
 
 // LoadBundle reads an OCI bundle directory: its config.json (when present)
 // and its manifest. The manifest comes from pyisolate.json when the bundle
-// has one; otherwise from the io.pyisolate.* annotations of config.json (see
-// ManifestFromAnnotations). When both exist pyisolate.json wins and the
-// annotations are not read. When neither gives a manifest LoadBundle returns
+// has one; otherwise from the file config.json binds at ManifestMountPath,
+// or from the io.pyisolate.* annotations of config.json (see
+// ManifestFromAnnotations), one of the two. When pyisolate.json exists it
+// wins and config.json's are not read. When neither gives a manifest LoadBundle returns
 // a nil manifest and no error: a plain OCI bundle, for the caller to judge.
 // spec is nil when the bundle has no config.json.
 //
@@ -80,6 +81,60 @@ func bundleManifest(bundle string, spec *specs.Spec) (m *Manifest, source string
 	}
 	source = filepath.Join(bundle, ConfigFile) + " annotations"
 	m, _, err = ManifestFromAnnotations(spec.Annotations)
+	if err != nil {
+		return nil, source, fmt.Errorf("%s: %w", source, err)
+	}
+	mm, msource, err := mountedManifest(spec)
+	switch {
+	case err != nil:
+		return nil, msource, err
+	case mm != nil && m != nil:
+		return nil, msource, fmt.Errorf("%s: the bundle has two manifests, this bind and the io.pyisolate.* annotations of %s: give one",
+			msource, filepath.Join(bundle, ConfigFile))
+	case mm != nil:
+		return mm, msource, nil
+	}
+	return m, source, nil
+}
+
+// ManifestMountPath is where a client that cannot set annotations (Docker
+// before 24, which passes neither labels nor annotations to the runtime)
+// binds the manifest file: `docker run --runtime pyisolate -v
+// /host/pyisolate.json:/pyisolate.json:ro IMAGE`. Only a client can bind a
+// host file (an image cannot), so the manifest is the client's request, as
+// annotations are. The runtime reads the bind's source once, as it reads a
+// bundle's pyisolate.json; the sandbox does not get the bind.
+const ManifestMountPath = "/" + ManifestFile
+
+// mountedManifest reads the manifest bound at ManifestMountPath by s, or
+// returns nil when s binds nothing there. What is mounted there must be
+// one bind of a regular file.
+func mountedManifest(s *specs.Spec) (*Manifest, string, error) {
+	var found *specs.Mount
+	for i, mnt := range s.Mounts {
+		if filepath.Clean(mnt.Destination) != ManifestMountPath {
+			continue
+		}
+		field := fmt.Sprintf("mounts[%d] (%s)", i, mnt.Destination)
+		switch {
+		case found != nil:
+			return nil, field, fmt.Errorf("%s: a second mount at %s: bind one manifest file", field, ManifestMountPath)
+		case !isBind(mnt):
+			return nil, field, fmt.Errorf("%s: a %s mount at %s: the manifest must be a bind of a regular file", field, mnt.Type, ManifestMountPath)
+		case !filepath.IsAbs(mnt.Source):
+			return nil, field, fmt.Errorf("%s: source %q is not an absolute path", field, mnt.Source)
+		}
+		found = &s.Mounts[i]
+	}
+	if found == nil {
+		return nil, "", nil
+	}
+	source := "the manifest bound at " + ManifestMountPath + " (" + found.Source + ")"
+	data, err := readBundleFile(found.Source, MaxManifestSize, true)
+	if err != nil {
+		return nil, source, fmt.Errorf("%s: %w", source, err)
+	}
+	m, err := DecodeManifest(data)
 	if err != nil {
 		return nil, source, fmt.Errorf("%s: %w", source, err)
 	}

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // doc returns a minimal valid manifest with extra members appended.
@@ -948,5 +950,72 @@ func TestREADMEExample(t *testing.T) {
 		if _, err := DecodeManifest(b[1]); err != nil {
 			t.Errorf("README example:\n%s\n%v", b[1], err)
 		}
+	}
+}
+
+// TestLoadBundleMountedManifest: a manifest bound at ManifestMountPath (how
+// Docker 20.10, which passes no annotations, names an extension) is read
+// from the bind's source; anything else mounted there, a second manifest
+// or a bad file is refused naming the mount.
+func TestLoadBundleMountedManifest(t *testing.T) {
+	module := t.TempDir()
+	python := filepath.Join(t.TempDir(), "python3")
+	if err := os.WriteFile(python, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	host := t.TempDir()
+	good := filepath.Join(host, "good.json")
+	if err := os.WriteFile(good, []byte(`{"name":"mounted","module_path":"`+module+`","python":"`+python+`"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(host, "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"name":"x","module_path":"/etc","python":"`+python+`"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	config := func(ann map[string]string, mounts ...specs.Mount) string {
+		b, err := json.Marshal(map[string]any{"ociVersion": "1.2.0", "annotations": ann, "mounts": mounts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	bind := func(src, dst string) specs.Mount {
+		return specs.Mount{Destination: dst, Type: "bind", Source: src, Options: []string{"rbind", "ro"}}
+	}
+	tests := []struct {
+		name   string
+		config string
+		want   string // the manifest's name, or a substring of the error
+		err    bool
+	}{
+		{name: "bind", config: config(nil, bind("/etc/hosts", "/etc/hosts"), bind(good, ManifestMountPath)), want: "mounted"},
+		{name: "destination not clean", config: config(nil, bind(good, "//pyisolate.json")), want: "mounted"},
+		{name: "elsewhere is plain", config: config(nil, bind(good, "/opt/pyisolate.json")), want: ""},
+		{name: "and annotations", config: config(map[string]string{AnnotationFieldName: "a", AnnotationFieldModulePath: module}, bind(good, ManifestMountPath)),
+			want: "two manifests", err: true},
+		{name: "two binds", config: config(nil, bind(good, ManifestMountPath), bind(good, ManifestMountPath)), want: "a second mount at /pyisolate.json", err: true},
+		{name: "not a bind", config: config(nil, specs.Mount{Destination: ManifestMountPath, Type: "tmpfs", Source: "tmpfs"}),
+			want: "mounts[0] (/pyisolate.json): a tmpfs mount at /pyisolate.json: the manifest must be a bind of a regular file", err: true},
+		{name: "relative source", config: config(nil, bind("good.json", ManifestMountPath)), want: `source "good.json" is not an absolute path`, err: true},
+		{name: "a directory (an image's VOLUME)", config: config(nil, bind(host, ManifestMountPath)), want: "it is a directory", err: true},
+		{name: "missing", config: config(nil, bind(filepath.Join(host, "none.json"), ManifestMountPath)), want: "no such file", err: true},
+		{name: "forbidden path", config: config(nil, bind(bad, ManifestMountPath)), want: `the manifest bound at /pyisolate.json (` + bad + `): manifest: module_path: "/etc" is forbidden`, err: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, _, err := LoadBundle(bundleDir(t, map[string]string{ConfigFile: tc.config}))
+			switch {
+			case tc.err:
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.want)
+				}
+			case err != nil:
+				t.Fatal(err)
+			case tc.want == "" && m != nil:
+				t.Fatalf("manifest %+v from a plain bundle", m)
+			case tc.want != "" && (m == nil || m.Name != tc.want):
+				t.Fatalf("manifest %+v, want %q", m, tc.want)
+			}
+		})
 	}
 }

@@ -395,7 +395,8 @@ func CheckExtensionRequest(s *specs.Spec, hc HostChecks) error {
 		return err
 	}
 	for _, m := range s.Mounts {
-		if isBind(m) && !slices.Contains(ExtensionReplacedBinds, filepath.Clean(m.Destination)) {
+		dest := filepath.Clean(m.Destination)
+		if isBind(m) && !slices.Contains(ExtensionReplacedBinds, dest) && dest != ManifestMountPath {
 			return refuse(fmt.Sprintf("mounts[%s]", m.Destination),
 				"binds %s: an extension's paths come from its manifest (sandbox.writable_paths, sandbox.readonly_paths)", m.Source)
 		}

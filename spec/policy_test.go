@@ -217,6 +217,8 @@ func TestCheckExtensionRequest(t *testing.T) {
 			{Destination: "/proc", Type: "proc", Source: "proc"},
 			{Destination: "/etc/hosts", Type: "bind", Source: "/var/lib/containerd/sandboxes/x/hosts", Options: []string{"rbind"}},
 			{Destination: "/dev/shm", Type: "bind", Source: "/run/containerd/sandboxes/x/shm", Options: []string{"rbind"}},
+			// Docker 20.10's way to name the manifest (LoadBundle reads it).
+			{Destination: ManifestMountPath, Type: "bind", Source: "/srv/ext/pyisolate.json", Options: []string{"rbind", "ro"}},
 		}
 		return s
 	}

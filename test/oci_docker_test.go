@@ -220,6 +220,33 @@ func TestOCIDocker(t *testing.T) {
 	t.Logf("docker stop -t 1 took %v", time.Since(start))
 	d.must(0, "rm", "oci-d1")
 
+	// An extension through Docker 20.10, which passes the runtime no
+	// labels or annotations: its manifest is bound at /pyisolate.json. It
+	// runs in its manifest's sandbox (a user namespace, no capability, its
+	// module read-only), not in Docker's default one.
+	module := filepath.Join(ctrdRepoRoot(t), "examples", "hello", "hello_ext")
+	manifest := filepath.Join(d.dir, "ext.json")
+	if err := os.WriteFile(manifest, []byte(`{"name":"docker-ext","module_path":"`+module+`"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := d.must(0, append(run, "-v", manifest+":/pyisolate.json:ro", img, "sh", "-c",
+		"grep -E '^(CapEff|NoNewPrivs):' /proc/self/status; awk '{print $2}' /proc/self/uid_map; cat "+module+"/greeting.txt; "+
+			"touch "+module+"/x 2>/dev/null || echo module-read-only")...)
+	greeting, _ := os.ReadFile(filepath.Join(module, "greeting.txt"))
+	want := "CapEff:\t0000000000000000\nNoNewPrivs:\t1\n" + "100000\n" + string(greeting) + "module-read-only\n"
+	if r.Stdout != want {
+		t.Errorf("docker run of an extension (manifest bound at /pyisolate.json):\n got %q\nwant %q\n%s", r.Stdout, want, r.Stderr)
+	}
+	// A manifest asking for what the policy forbids is refused in our words.
+	bad := filepath.Join(d.dir, "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"name":"bad","module_path":"/etc"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := d.run("", append(run, "-v", bad+":/pyisolate.json:ro", img, "true")...); r.Code != 125 ||
+		!strings.Contains(r.Stderr, `the manifest bound at /pyisolate.json (`+bad+`): manifest: module_path: "/etc" is forbidden`) {
+		t.Errorf("docker run of an extension with a forbidden module_path: %s", r)
+	}
+
 	// docker run -it: the client on a pty, the container's terminal sent
 	// by the runtime over containerd's console socket.
 	out, err := ociPtyRun(t, []string{d.docker, "-H", "unix://" + d.sock, "run", "-it", "--rm", "--runtime", "pyisolate", img,
