@@ -26,8 +26,7 @@ var ociConformanceSubset = []string{"create", "start", "state", "kill", "delete"
 
 // ociKnownDifferences are the programs where pyisolate-runc passes fewer
 // tests than runc 1.1.5, and why.
-var ociKnownDifferences = map[string]string{
-}
+var ociKnownDifferences = map[string]string{}
 
 func TestOCIRuntimeTools(t *testing.T) {
 	if os.Geteuid() != 0 {
