@@ -165,9 +165,7 @@ func (p *ociPodman) must(want int, args ...string) ociResult {
 }
 
 // TestOCIPodman runs containers through rootful Podman 4.3 with --runtime
-// pyisolate-runc: output and exit statuses (127 for a missing command),
-// --memory, podman exec, podman stop, podman run -it through a pty
-// (conmon's console socket), and a policy refusal in our words.
+// pyisolate-runc: checkLifecycle, and --memory.
 func TestOCIPodman(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("rootful Podman end-to-end tests need root")
@@ -175,20 +173,41 @@ func TestOCIPodman(t *testing.T) {
 	if testing.Short() {
 		t.Skip("Podman end-to-end tests (-short)")
 	}
-	bin := ociBin(t)
-	p := ociNewPodman(t, bin)
-	p.must(0, "import", ociBusyboxTar(t, p.dir), "pyisolate-busybox:test")
-	img := "pyisolate-busybox:test"
+	p := ociNewPodman(t, ociBin(t))
+	img := p.importBusybox()
+	p.checkLifecycle(img, func(run []string) {
+		if r := p.must(0, append(run, "--memory", "64m", img, "sh", "-c",
+			"cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max")...); strings.TrimSpace(r.Stdout) != "67108864" {
+			t.Errorf("--memory 64m: the container's limit is %q", r.Stdout)
+		}
+	})
+}
+
+// importBusybox imports the busybox image the Podman tests run.
+func (p *ociPodman) importBusybox() string {
+	tarball := ociBusyboxTar(p.t, p.dir)
+	if err := os.Chmod(tarball, 0o644); err != nil { // a rootless Podman reads it
+		p.t.Fatal(err)
+	}
+	const img = "pyisolate-busybox:test"
+	p.must(0, "import", tarball, img)
+	return img
+}
+
+// checkLifecycle runs what every Podman test checks on img: output and exit
+// statuses (127 for a missing command), extra (given the run command line),
+// a policy refusal in our words, podman exec, podman stop, and podman run
+// -it through a pty (conmon's console socket).
+func (p *ociPodman) checkLifecycle(img string, extra func(run []string)) {
+	t := p.t
+	t.Helper()
 	run := []string{"run", "--rm", "--network", "none"}
 	if r := p.must(0, append(run, img, "sh", "-c", "echo hello; echo err >&2")...); r.Stdout != "hello\n" || r.Stderr != "err\n" {
 		t.Errorf("podman run output: %s", r)
 	}
 	p.must(3, append(run, img, "sh", "-c", "exit 3")...)
 	p.must(127, append(run, img, "nosuchcmd")...)
-	if r := p.must(0, append(run, "--memory", "64m", img, "sh", "-c",
-		"cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max")...); strings.TrimSpace(r.Stdout) != "67108864" {
-		t.Errorf("--memory 64m: the container's limit is %q", r.Stdout)
-	}
+	extra(run)
 	if r := p.run(append(run, "--privileged", img, "true")...); r.Code == 0 || !strings.Contains(r.Stderr, "refused by policy hardened") {
 		t.Errorf("--privileged under the hardened policy: %s", r)
 	}
@@ -201,11 +220,13 @@ func TestOCIPodman(t *testing.T) {
 		t.Errorf("after podman stop: exit code %s", r.Stdout)
 	}
 	p.must(0, "rm", "oci-p1")
-	// podman run -it, the client on a pty.
 	out, err := ociPtyRun(t, append(p.args, "run", "-it", "--rm", "--network", "none", img,
 		"sh", "-c", "test -t 0 && echo tty-yes; read x; echo got-$x"), p.env, "typed\r")
 	if err != nil || !strings.Contains(out, "tty-yes") || !strings.Contains(out, "got-typed") {
 		t.Errorf("podman run -it: %v, output %q, want tty-yes and got-typed", err, out)
+	}
+	if r := p.must(0, "ps", "-aq"); strings.TrimSpace(r.Stdout) != "" {
+		t.Errorf("containers left: %s", r.Stdout)
 	}
 }
 
@@ -250,55 +271,25 @@ func TestOCIPodmanRootless(t *testing.T) {
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Skip("setpriv (util-linux) is not installed")
 	}
-	bin := ociBin(t)
-	p := ociNewPodmanAs(t, bin, 65534)
-	tarball := ociBusyboxTar(t, p.dir)
-	if err := os.Chmod(tarball, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p.must(0, "import", tarball, "pyisolate-busybox:test")
-	img := "pyisolate-busybox:test"
-	run := []string{"run", "--rm", "--network", "none"}
-	if r := p.must(0, append(run, img, "sh", "-c", "echo hello; echo err >&2")...); r.Stdout != "hello\n" || r.Stderr != "err\n" {
-		t.Errorf("podman run output: %s", r)
-	}
-	p.must(3, append(run, img, "sh", "-c", "exit 3")...)
-	p.must(127, append(run, img, "nosuchcmd")...)
-	// The runtime ran as the user's namespace root, with its state in the
-	// user's runtime directory.
-	st, err := os.Stat(filepath.Join(p.dir, "xdg", ociName))
-	if err != nil {
-		t.Fatalf("no state root in $XDG_RUNTIME_DIR: %v", err)
-	}
-	if sys := st.Sys().(*syscall.Stat_t); sys.Uid != 65534 || st.Mode().Perm() != 0o700 {
-		t.Errorf("state root %s: uid %d, mode %v; want the user's own 0700 directory", filepath.Join(p.dir, "xdg", ociName), sys.Uid, st.Mode().Perm())
-	}
-	// The hardened policy's floors hold: no_new_privileges, seccomp, and
-	// no capability beyond Podman's default set.
-	r := p.must(0, append(run, img, "sh", "-c", "grep -E '^(NoNewPrivs|Seccomp|CapBnd):' /proc/self/status")...)
-	for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2"} {
-		if !strings.Contains(r.Stdout, want) {
-			t.Errorf("rootless container status lacks %q:\n%s", want, r.Stdout)
+	p := ociNewPodmanAs(t, ociBin(t), 65534)
+	img := p.importBusybox()
+	p.checkLifecycle(img, func(run []string) {
+		// The runtime ran as the user's namespace root, with its state in
+		// the user's runtime directory.
+		state := filepath.Join(p.dir, "xdg", ociName)
+		st, err := os.Stat(state)
+		if err != nil {
+			t.Fatalf("no state root in $XDG_RUNTIME_DIR: %v", err)
 		}
-	}
-	if r := p.run(append(run, "--privileged", img, "true")...); r.Code == 0 || !strings.Contains(r.Stderr, "refused by policy hardened") {
-		t.Errorf("--privileged under the hardened policy: %s", r)
-	}
-	p.must(0, "run", "-d", "--name", "oci-rp1", "--network", "none", img, "sleep", "1000")
-	if r := p.must(4, "exec", "oci-rp1", "sh", "-c", "echo in-exec; exit 4"); r.Stdout != "in-exec\n" {
-		t.Errorf("podman exec output: %s", r)
-	}
-	p.must(0, "stop", "-t", "1", "oci-rp1")
-	if r := p.must(0, "inspect", "-f", "{{.State.ExitCode}}", "oci-rp1"); strings.TrimSpace(r.Stdout) != "137" {
-		t.Errorf("after podman stop: exit code %s", r.Stdout)
-	}
-	p.must(0, "rm", "oci-rp1")
-	out, err := ociPtyRun(t, append(p.args, "run", "-it", "--rm", "--network", "none", img,
-		"sh", "-c", "test -t 0 && echo tty-yes; read x; echo got-$x"), p.env, "typed\r")
-	if err != nil || !strings.Contains(out, "tty-yes") || !strings.Contains(out, "got-typed") {
-		t.Errorf("podman run -it: %v, output %q, want tty-yes and got-typed", err, out)
-	}
-	if r := p.must(0, "ps", "-aq"); strings.TrimSpace(r.Stdout) != "" {
-		t.Errorf("containers left: %s", r.Stdout)
-	}
+		if sys := st.Sys().(*syscall.Stat_t); sys.Uid != 65534 || st.Mode().Perm() != 0o700 {
+			t.Errorf("state root %s: uid %d, mode %v; want the user's own 0700 directory", state, sys.Uid, st.Mode().Perm())
+		}
+		// The hardened policy's floors hold: no_new_privileges, seccomp.
+		r := p.must(0, append(run, img, "sh", "-c", "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status")...)
+		for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2"} {
+			if !strings.Contains(r.Stdout, want) {
+				t.Errorf("rootless container status lacks %q:\n%s", want, r.Stdout)
+			}
+		}
+	})
 }
