@@ -120,6 +120,35 @@ var torchName = regexp.MustCompile(`^torch_(\d+)_`)
 // scan brings st up to date with the directory and the processes: members
 // whose process is gone are marked exited at now, new segments get an owner,
 // records of removed segments are dropped.
+// torchOwner attributes a torch_<pid>_... segment born at born (zero:
+// unknown) to the member whose process the name's pid is, as pid
+// namespaces number it. Every extension's init is pid 1 of its own, so the
+// name alone may point at the wrong member: when the creator died before
+// any scan saw the segment, or while its runner has not yet registered its
+// init (its processes are then not yet known as the member's). So the live
+// member resolve finds is taken only when it uses the segment (users) or
+// the pid is its process's host pid (no namespace to guess through), or
+// when resolve is the caller's (trusted, Options.ResolvePID); else,
+// when nobody uses it, the one member that was added before the segment
+// was born and exited since, if there is exactly one; else the owner stays
+// unknown, for the open and mapped evidence or a later scan to settle.
+func torchOwner(st *state, pid int, born time.Time, users map[string]bool, resolve func(int) (string, int, bool), trusted bool) (string, int, string) {
+	var exited []string
+	for _, id := range sortedKeys(st.Members) {
+		m := st.Members[id]
+		if !m.Exited.IsZero() && !born.IsZero() && !m.Exited.Before(born) && !m.Added.After(born) {
+			exited = append(exited, id)
+		}
+	}
+	if id, hp, ok := resolve(pid); ok && (trusted || users[id] || hp == pid) {
+		return id, hp, ByTorchName
+	}
+	if len(users) == 0 && len(exited) == 1 {
+		return exited[0], 0, ByTorchName
+	}
+	return OwnerUnknown, 0, ByFileUID
+}
+
 func (d *Domain) scan(st *state, now time.Time) ([]Segment, error) {
 	entries, err := os.ReadDir(d.dir)
 	if err != nil {
@@ -222,11 +251,17 @@ func (d *Domain) scan(st *state, now time.Time) ([]Segment, error) {
 			if rec != nil && rec.Ino == sx.Ino {
 				fresh.FirstSeen = rec.FirstSeen
 			}
+			born := time.Time{}
+			if sx.Mask&unix.STATX_BTIME != 0 && sx.Btime.Sec > 0 {
+				born = time.Unix(sx.Btime.Sec, int64(sx.Btime.Nsec))
+			}
+			users := map[string]bool{} // members whose processes hold it open or mapped
+			for _, p := range append(append([]int(nil), open...), mapped...) {
+				users[pidMember[p]] = true
+			}
 			if m := torchName.FindStringSubmatch(name); m != nil {
 				if pid, err := strconv.Atoi(m[1]); err == nil {
-					if id, hp, ok := resolve(pid); ok {
-						fresh.Owner, fresh.OwnerPID, fresh.Attribution = id, hp, ByTorchName
-					}
+					fresh.Owner, fresh.OwnerPID, fresh.Attribution = torchOwner(st, pid, born, users, resolve, d.opts.ResolvePID != nil)
 				}
 			}
 			if fresh.Owner == OwnerUnknown {
