@@ -22,7 +22,8 @@ import (
 type RunGroups struct {
 	// Root is the runtime's state root.
 	Root string
-	// Retention is the segment retention of a group this run creates.
+	// Retention is the segment retention of a group this run creates; a
+	// group that exists with another one is refused (zero: any).
 	Retention time.Duration
 	// Warn receives the group's warnings (a file-backed fallback).
 	Warn func(msg string)
@@ -38,6 +39,15 @@ func (rg *RunGroups) Join(ctx context.Context, name, id string, m *spec.Manifest
 	})
 	if err != nil {
 		return nil, err
+	}
+	// A group's retention is its creator's: a different one asked of a
+	// group that exists is refused, not ignored.
+	if have := g.Domain.Retention(); rg.Retention > 0 && have != rg.Retention {
+		if _, err := g.Leave(ctx, id); err != nil && rg.Warn != nil {
+			rg.Warn(err.Error())
+		}
+		return nil, userErr(fmt.Errorf("--shm-retention %s: group %s exists with retention %s, set by the run that created it; give the same or none",
+			rg.Retention, name, have))
 	}
 	if rg.Warn != nil {
 		for _, w := range g.Domain.Warnings() {

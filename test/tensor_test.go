@@ -300,6 +300,14 @@ func TestTensorKillLoopReclaim(t *testing.T) {
 	host := e.bundle("host", "tipc-kill", module, []string{"/usr/bin/python3", module + "/holder.py", "create", "host_seg", "4194304"}, nil)
 	h := e.start("tipc-khost", host, retention)
 	hostDigest := strings.TrimPrefix(h.expect(t, "ready ", 2*time.Minute), "ready ")
+	// The group's retention is its creator's: another one is refused.
+	other := e.bundle("otherret", "tipc-kill", module, []string{"/bin/true"}, nil)
+	cmd := exec.Command(e.tools.pyisolate, "run", "--root", e.root, "--id", "tipc-kother", "--shm-retention=5s", other)
+	out, err := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out),
+		"--shm-retention 5s: group tipc-kill exists with retention 1s, set by the run that created it") {
+		t.Errorf("a member asking another retention: exit %d (%v), %s; want exit 2 naming --shm-retention", code, err, out)
+	}
 
 	for i := 0; i < rounds; i++ {
 		name := fmt.Sprintf("torch_%d_leak", 1000+i)

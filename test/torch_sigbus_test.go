@@ -90,7 +90,7 @@ func TestTorchKeptSegmentAfterSenderDied(t *testing.T) {
 	opener := e.bundleFields("keep-open", "tipc-keep", module, []string{"/usr/bin/python3", module + "/torch_keep.py", "open"}, torch)
 	// A member that outlives the sender keeps the group.
 	holder := e.bundleFields("keep-hold", "tipc-keep", module, []string{"/bin/sleep", "600"}, torch)
-	h := e.start("tipc-keep-hold", holder)
+	h := e.start("tipc-keep-hold", holder, "--shm-retention=10m") // whichever run creates the group sets it
 	s := e.start("tipc-keep-send", sender, "--shm-retention=10m")
 	key := strings.TrimPrefix(s.expect(t, "ready ", 3*time.Minute), "ready /")
 	if out, err := exec.Command(e.tools.pyisolate, "kill", "--root", e.root, "tipc-keep-send", "KILL").CombinedOutput(); err != nil {

@@ -93,7 +93,7 @@ func runMain(args []string) int {
 	group := fs.String("group", "", groupFlagHelp)
 	root := fs.String("root", runtime.DefaultStateRoot(), rootFlagHelp)
 	id := fs.String("id", "", idFlagHelp+" (default: the extension name and a random suffix)")
-	retention := fs.Duration("shm-retention", 0, "how long an exited member's shared-memory segments are kept (default 30s; set when the group is created)")
+	retention := fs.Duration("shm-retention", 0, "how long an exited member's shared-memory segments are kept (default 30s; set by the run that creates the group: a group that exists with another retention is refused)")
 	policyName := fs.String("policy", string(spec.DefaultPolicy), "policy for a plain bundle (no manifest): hardened refuses privileged requests and applies its floors, faithful runs it as runc would")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -164,7 +164,8 @@ type runRequest struct {
 	Bundle, Group, Root, ID string
 	// Command replaces the process args when not empty.
 	Command []string
-	// Retention is the group's segment retention, when this run creates it.
+	// Retention is the group's segment retention, when this run creates
+	// it; a group that exists with another one is refused (zero: any).
 	Retention time.Duration
 	// Policy is the level for a plain bundle.
 	Policy spec.Policy

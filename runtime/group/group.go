@@ -88,7 +88,9 @@ func Open(ctx context.Context, root, name, id string, pid int, opts Options) (*G
 	}
 	defer unlock()
 	dopts := tensoripc.Options{Group: name, Size: opts.ShmSize, Retention: opts.Retention}
-	d, err := tensoripc.Open(g.ShmDir(), dopts)
+	// A group that exists keeps the retention its creator recorded: every
+	// member's runtime sweeps with that one.
+	d, err := tensoripc.Open(g.ShmDir(), tensoripc.Options{Group: name, Size: opts.ShmSize})
 	if err == nil {
 		if live, lerr := liveMembers(ctx, d); lerr == nil && len(live) == 0 {
 			// Left over by a runtime that died: start clean.
