@@ -306,35 +306,7 @@ state = %q
 		t.Fatal(err)
 	}
 
-	logf, err := os.Create(e.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.containerd = exec.Command(containerd, "--config", e.config)
-	e.containerd.Stdout, e.containerd.Stderr = logf, logf
-	e.containerd.Env = append(os.Environ(), "PATH="+e.bin+":"+os.Getenv("PATH"))
-	e.containerd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := e.containerd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logf.Close()
-	e.exited = make(chan struct{})
-	go func() { e.containerd.Wait(); close(e.exited) }()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := e.crictlRun(10*time.Second, "info"); err == nil {
-			break
-		}
-		select {
-		case <-e.exited:
-			t.Fatalf("containerd exited:\n%s", e.logTail())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("containerd's CRI did not come up in 60s:\n%s", e.logTail())
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+	e.startContainerd(t, containerd)
 	// The network must be ready, else critest fails every pod.
 	info, _ := e.crictlRun(10*time.Second, "info")
 	if !strings.Contains(info, `"NetworkReady"`) || strings.Contains(info, "cni config load failed") {

@@ -227,6 +227,14 @@ state = %q
 		t.Fatalf("config after install --policy faithful lacks %q:\n%s", wantOpts, cfg)
 	}
 
+	e.startContainerd(t, containerd)
+	return e
+}
+
+// startContainerd starts containerd (the binary given) with e's config, its
+// log in e.log and e.bin first on its PATH, and waits until its CRI answers.
+func (e *criEnv) startContainerd(t *testing.T, containerd string) {
+	t.Helper()
 	logf, err := os.Create(e.log)
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +264,6 @@ state = %q
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
-	return e
 }
 
 func (e *criEnv) logTail() string {

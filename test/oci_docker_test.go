@@ -114,9 +114,15 @@ func (d *ociDockerd) logTail() string {
 // run runs the docker client.
 func (d *ociDockerd) run(stdin string, args ...string) ociResult {
 	cmd := exec.Command(d.docker, append([]string{"-H", "unix://" + d.sock}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	return ociClientRun(cmd)
+}
+
+// ociClientRun runs a client command (docker, podman) with its output
+// captured, killed after 90 s; a command that could not run has exit -1.
+func ociClientRun(cmd *exec.Cmd) ociResult {
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	cmd.Stdin = strings.NewReader(stdin)
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Start()
 	if err == nil {

@@ -17,7 +17,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -136,23 +135,7 @@ func contains(xs []string, x string) bool {
 func (p *ociPodman) run(args ...string) ociResult {
 	cmd := exec.Command(p.args[0], append(p.args[1:], args...)...)
 	cmd.Env = p.env
-	out, errb := &strings.Builder{}, &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = out, errb
-	cmd.WaitDelay = 5 * time.Second
-	err := cmd.Start()
-	if err == nil {
-		timer := time.AfterFunc(90*time.Second, func() { _ = cmd.Process.Kill() })
-		err = cmd.Wait()
-		timer.Stop()
-	}
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		code = -1
-	}
-	return ociResult{Code: code, Stdout: out.String(), Stderr: errb.String()}
+	return ociClientRun(cmd)
 }
 
 func (p *ociPodman) must(want int, args ...string) ociResult {
