@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -243,6 +244,27 @@ func TestOCIDocker(t *testing.T) {
 	if r.Stdout != want {
 		t.Errorf("docker run of an extension (manifest bound at /pyisolate.json):\n got %q\nwant %q\n%s", r.Stdout, want, r.Stderr)
 	}
+	// Two extensions of one group, each its own docker run, share the
+	// group's /dev/shm: what one writes there the other reads.
+	for _, name := range []string{"dga", "dgb"} {
+		m := fmt.Sprintf(`{"name":%q,"module_path":%q,"group":"docker-grp"}`, name, module)
+		if err := os.WriteFile(filepath.Join(d.dir, name+".json"), []byte(m), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.must(0, "run", "-d", "--name", "oci-dga", "--runtime", "pyisolate", "-v", filepath.Join(d.dir, "dga.json")+":/pyisolate.json:ro",
+		img, "sh", "-c", "echo from-a > /dev/shm/marker; exec sleep 1000")
+	var got string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		r := d.run("", append(run, "-v", filepath.Join(d.dir, "dgb.json")+":/pyisolate.json:ro", img, "cat", "/dev/shm/marker")...)
+		if got = r.Stdout; r.Code == 0 && got == "from-a\n" {
+			break
+		}
+	}
+	if got != "from-a\n" {
+		t.Errorf("extension b of group docker-grp reads /dev/shm/marker = %q, want from-a", got)
+	}
+	d.must(0, "rm", "-f", "oci-dga")
 	// A manifest asking for what the policy forbids is refused in our words.
 	bad := filepath.Join(d.dir, "bad.json")
 	if err := os.WriteFile(bad, []byte(`{"name":"bad","module_path":"/etc"}`), 0o644); err != nil {
@@ -270,6 +292,9 @@ func TestOCIDocker(t *testing.T) {
 	}
 	if locks, _ := os.ReadDir(filepath.Join(root, "locks")); len(locks) > 0 {
 		t.Errorf("%d id locks left under %s", len(locks), root)
+	}
+	if groups, _ := os.ReadDir(filepath.Join(root, "groups")); len(groups) > 0 {
+		t.Errorf("isolation groups left under %s: %v", root, groups)
 	}
 }
 
