@@ -45,6 +45,10 @@ type service struct {
 	events    chan any
 	shutdown  shutdown.Service
 	publisher cdshim.Publisher
+	// stopEvents tells the forwarder that the shim is shutting down;
+	// eventsDone is closed once it has published every queued event (see
+	// forward).
+	stopEvents, eventsDone chan struct{}
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -92,6 +96,8 @@ func newService(ctx context.Context, publisher cdshim.Publisher, sd shutdown.Ser
 		ns:         ns,
 		rt:         sandbox.NewRuntime(stateRoot(ns)),
 		events:     make(chan any, 128),
+		stopEvents: make(chan struct{}),
+		eventsDone: make(chan struct{}),
 		shutdown:   sd,
 		publisher:  publisher,
 		containers: map[string]*container{},
@@ -100,6 +106,18 @@ func newService(ctx context.Context, publisher cdshim.Publisher, sd shutdown.Ser
 		}),
 	}
 	go s.forward(ctx, publisher)
+	// The shim process exits once the shutdown callbacks have returned:
+	// this one holds it until the last events (a Delete's /tasks/delete
+	// just before containerd's Shutdown) are published, or the shutdown's
+	// own deadline passes.
+	sd.RegisterCallback(func(cctx context.Context) error {
+		close(s.stopEvents)
+		select {
+		case <-s.eventsDone:
+		case <-cctx.Done():
+		}
+		return nil
+	})
 	if address, err := cdshim.ReadAddress("address"); err == nil {
 		sd.RegisterCallback(func(context.Context) error { return cdshim.RemoveSocket(address) })
 	}
@@ -121,8 +139,11 @@ func (s *service) send(evt any) {
 	}
 }
 
+// forward publishes the queued events in order until the shim shuts down,
+// then publishes what is left and closes eventsDone.
 func (s *service) forward(ctx context.Context, publisher cdshim.Publisher) {
 	ctx = context.WithoutCancel(ctx)
+	defer close(s.eventsDone)
 	defer publisher.Close()
 	publish := func(e any) {
 		if err := publisher.Publish(ctx, cdruntime.GetTopic(e), e); err != nil {
@@ -133,7 +154,7 @@ func (s *service) forward(ctx context.Context, publisher cdshim.Publisher) {
 		select {
 		case e := <-s.events:
 			publish(e)
-		case <-s.shutdown.Done():
+		case <-s.stopEvents:
 			for {
 				select {
 				case e := <-s.events:
