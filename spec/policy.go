@@ -363,9 +363,10 @@ const policyExtension Policy = "extension"
 
 // ExtensionReplacedBinds are the bind destinations that clients add to every
 // container (CRI's /etc/hosts, /etc/hostname, /etc/resolv.conf, the pod's
-// /dev/shm, Kubernetes' termination log) and that an extension's sandbox
-// replaces with its own: they are not refused, and not bound.
-var ExtensionReplacedBinds = []string{"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/shm", "/dev/termination-log"}
+// /dev/shm, Kubernetes' termination log, Podman's /run/.containerenv marker)
+// and that an extension's sandbox replaces with its own: they are not
+// refused, and not bound.
+var ExtensionReplacedBinds = []string{"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/shm", "/dev/termination-log", "/run/.containerenv"}
 
 // CheckExtensionRequest checks the client's spec of a container that has a
 // pyisolate manifest: the sandbox comes from the manifest, so a request for

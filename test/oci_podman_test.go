@@ -17,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -97,6 +98,11 @@ func ociNewPodmanAs(t *testing.T, bin string, uid int) *ociPodman {
 	t.Cleanup(func() {
 		p.run("rm", "-af", "-t", "0")
 		p.run("rmi", "-af")
+		// A rootless runtime's groups live in a private directory of the
+		// host's /dev/shm, linked from its state root.
+		if target, err := os.Readlink(filepath.Join(dir, "xdg", ociName, "groups")); err == nil && strings.HasPrefix(target, "/dev/shm/") {
+			_ = os.RemoveAll(target)
+		}
 		if b, err := os.ReadFile(filepath.Join(dir, "tmp", "pause.pid")); err == nil {
 			// Rootless Podman's pause process, holding its user namespace.
 			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
@@ -179,8 +185,9 @@ func (p *ociPodman) importBusybox() string {
 
 // checkLifecycle runs what every Podman test checks on img: output and exit
 // statuses (127 for a missing command), extra (given the run command line),
-// a policy refusal in our words, podman exec, podman stop, and podman run
-// -it through a pty (conmon's console socket).
+// a policy refusal in our words, podman exec, podman stop, podman run -it
+// through a pty (conmon's console socket), and two extensions of one group
+// (manifests in annotations) sharing the group's /dev/shm.
 func (p *ociPodman) checkLifecycle(img string, extra func(run []string)) {
 	t := p.t
 	t.Helper()
@@ -208,6 +215,27 @@ func (p *ociPodman) checkLifecycle(img string, extra func(run []string)) {
 	if err != nil || !strings.Contains(out, "tty-yes") || !strings.Contains(out, "got-typed") {
 		t.Errorf("podman run -it: %v, output %q, want tty-yes and got-typed", err, out)
 	}
+	// Extensions (manifests in annotations) of one group run in
+	// their sandboxes and share the group's /dev/shm.
+	module := filepath.Join(ctrdRepoRoot(t), "examples", "hello", "hello_ext")
+	ext := func(name string) []string {
+		return []string{"--network", "none", "--annotation", "io.pyisolate.name=" + name,
+			"--annotation", "io.pyisolate.module_path=" + module, "--annotation", "io.pyisolate.group=podman-grp"}
+	}
+	p.must(0, append(append([]string{"run", "-d", "--name", "oci-rga"}, ext("rga")...), img, "sh", "-c",
+		"echo from-a > /dev/shm/marker; exec sleep 1000")...)
+	want := "CapEff:\t0000000000000000\nfrom-a\nmodule-read-only\n"
+	var got ociResult
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if got = p.run(append(append([]string{"run", "--rm"}, ext("rgb")...), img, "sh", "-c",
+			"grep ^CapEff: /proc/self/status; cat /dev/shm/marker; touch "+module+"/x 2>/dev/null || echo module-read-only")...); got.Stdout == want {
+			break
+		}
+	}
+	if got.Stdout != want {
+		t.Errorf("extension b of group podman-grp: %s; want stdout %q", got, want)
+	}
+	p.must(0, "rm", "-f", "-t", "0", "oci-rga")
 	if r := p.must(0, "ps", "-aq"); strings.TrimSpace(r.Stdout) != "" {
 		t.Errorf("containers left: %s", r.Stdout)
 	}
