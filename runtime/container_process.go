@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -161,20 +162,29 @@ func (c *Container) Exec(ctx context.Context, p *specs.Process, stdio Stdio) (*P
 	}
 	lp.Stdin, lp.Stdout, lp.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
 	lp.ExtraFiles = stdio.ExtraFiles
-	// RLIMIT_AS is set once the setns init is done (rlimit_as.go): the
-	// process's own, else the init's.
+	// RLIMIT_AS: the process's own, else the init's. One that leaves the
+	// Go setns init room goes to libcontainer with the others; a tighter
+	// one is set once the setns init is done (rlimit_as.go).
 	extra, err := c.rt.readExtraState(c.ID())
 	if err != nil {
 		return nil, fmt.Errorf("exec in container %s: %w", c.ID(), err)
 	}
 	as := extra.RlimitAS
-	if len(lp.Rlimits) > 0 {
+	own := len(lp.Rlimits) > 0
+	if own {
 		lp.Rlimits, as = takeRlimitAS(lp.Rlimits)
-		if len(lp.Rlimits) == 0 {
-			// An empty list would fall back to the init's rlimits;
-			// the process asked for its own, inheriting the rest.
-			lp.Rlimits = inheritedRlimit()
+	}
+	if as != nil && roomyRlimitAS(as) {
+		if !own {
+			// libcontainer gives a process with no list the init's.
+			lp.Rlimits = slices.Clone(c.lc.Config().Rlimits)
 		}
+		lp.Rlimits, as = append(lp.Rlimits, *as), nil
+	}
+	if own && len(lp.Rlimits) == 0 {
+		// An empty list would fall back to the init's rlimits; the
+		// process asked for its own, inheriting the rest.
+		lp.Rlimits = inheritedRlimit()
 	}
 	base, _ := c.oomKills()
 	cons, err := startWithConsole(c.lc.Run, lp, p, stdio.ConsoleSocket)

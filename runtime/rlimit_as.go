@@ -16,8 +16,9 @@ package runtime
 // parent, once the init has loaded seccomp and waits for start (create) or
 // is about to exec (exec). The container's program, which starts with a
 // fresh address space at execve, runs under exactly the requested limit.
-// For an exec the limit lands microseconds after the program starts; the
-// memory bound a sandbox relies on is the cgroup's, not this rlimit.
+// For an exec, a limit below rlimitASRoom lands microseconds after the
+// program starts (a larger one is libcontainer's, before); the memory bound
+// a sandbox relies on is the cgroup's, not this rlimit.
 
 import (
 	"fmt"
@@ -26,6 +27,16 @@ import (
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
 )
+
+// rlimitASRoom is the address space above which an RLIMIT_AS leaves the Go
+// init room to finish (it maps about 1.5 GiB here): such a limit is set by
+// libcontainer as any other.
+const rlimitASRoom = 4 << 30
+
+// roomyRlimitAS reports whether as leaves the init room (rlimitASRoom).
+func roomyRlimitAS(as *configs.Rlimit) bool {
+	return as.Soft >= rlimitASRoom && as.Hard >= rlimitASRoom
+}
 
 // takeRlimitAS removes RLIMIT_AS from rl and returns it (nil if absent).
 func takeRlimitAS(rl []configs.Rlimit) ([]configs.Rlimit, *configs.Rlimit) {

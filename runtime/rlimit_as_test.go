@@ -62,10 +62,13 @@ func TestRlimitAS(t *testing.T) {
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	limits := func(p *specs.Process) string {
+	// limits execs p, which reads its address-space limit after pause (a
+	// tight RLIMIT_AS lands just after an exec starts: rlimit_as.go).
+	limits := func(p *specs.Process, pause string) string {
 		t.Helper()
 		var b bytes.Buffer
-		p.Args, p.Cwd, p.Env = []string{"grep", "Max address space", "/proc/self/limits"}, "/", []string{"PATH=/usr/bin:/bin"}
+		p.Args = []string{"sh", "-c", "sleep " + pause + "; grep 'Max address space' /proc/self/limits"}
+		p.Cwd, p.Env = "/", []string{"PATH=/usr/bin:/bin"}
 		pr, err := c.Exec(ctx, p, Stdio{Stdout: &b})
 		if err != nil {
 			t.Fatalf("exec: %v", err)
@@ -77,13 +80,23 @@ func TestRlimitAS(t *testing.T) {
 	}
 	const want = "Max address space 1073741824 1073741824 bytes"
 	// An exec with no rlimits of its own gets the init's.
-	if got := limits(&specs.Process{}); got != want {
+	if got := limits(&specs.Process{}, "0.5"); got != want {
 		t.Errorf("exec, init's rlimits: %q, want %q", got, want)
 	}
-	// One with its own RLIMIT_AS gets that, and nothing else changes.
-	own := &specs.Process{Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_AS", Soft: 2 << 30, Hard: 2 << 30}}}
-	if got := limits(own); got != "Max address space 2147483648 2147483648 bytes" {
-		t.Errorf("exec, own RLIMIT_AS: %q", got)
+	// One with its own RLIMIT_AS gets that, and nothing else changes; one
+	// that leaves the init room (4 GiB and up) is set before it starts.
+	for _, tc := range []struct {
+		limit uint64
+		pause string
+		want  string
+	}{
+		{2 << 30, "0.5", "Max address space 2147483648 2147483648 bytes"},
+		{8 << 30, "0", "Max address space 8589934592 8589934592 bytes"},
+	} {
+		own := &specs.Process{Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_AS", Soft: tc.limit, Hard: tc.limit}}}
+		if got := limits(own, tc.pause); got != tc.want {
+			t.Errorf("exec, own RLIMIT_AS %d: %q, want %q", tc.limit, got, tc.want)
+		}
 	}
 	if err := c.Signal(unix.SIGKILL, true); err != nil {
 		t.Fatal(err)
