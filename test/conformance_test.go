@@ -162,6 +162,7 @@ type confEnv struct {
 	*criEnv
 	reg        *confRegistry
 	netnsStart map[string]bool
+	tmpStart   map[string]bool
 	shmStart   map[string]bool
 	cgStart    map[string]bool
 }
@@ -202,7 +203,7 @@ func confStart(t *testing.T, handlers []confHandler) *confEnv {
 	}
 	e := &confEnv{criEnv: &criEnv{dir: dir, bin: filepath.Join(dir, "bin"), config: filepath.Join(dir, "etc", "config.toml"),
 		sock: filepath.Join(dir, "c.sock"), crictl: crictl, ctr: ctr, log: filepath.Join(dir, "containerd.log")},
-		netnsStart: confListDir("/var/run/netns"), shmStart: confShmIDs(), cgStart: confTestSliceCgroups()}
+		netnsStart: confListDir("/var/run/netns"), tmpStart: confListDir(os.TempDir()), shmStart: confShmIDs(), cgStart: confTestSliceCgroups()}
 	_ = critest
 	t.Cleanup(func() { e.cleanup(t) })
 	for _, d := range []string{"etc", "root", "state", "src", "bin", "cni/conf", "cni/ipam", "images"} {
@@ -385,6 +386,21 @@ func (e *confEnv) cleanup(t *testing.T) {
 			p := filepath.Join("/var/run/netns", n)
 			syscall.Unmount(p, syscall.MNT_DETACH)
 			os.Remove(p)
+		}
+	}
+	// critest's mount propagation specs make /tmp/test<container id>... host
+	// directories with a bind mount (mnt) and leave them.
+	for n := range confListDir(os.TempDir()) {
+		if !e.tmpStart[n] && strings.HasPrefix(n, "test") {
+			p := filepath.Join(os.TempDir(), n)
+			for _, m := range ctrdMountsUnder(p) {
+				_ = syscall.Unmount(m, syscall.MNT_DETACH)
+			}
+			if m := ctrdMountsUnder(p); len(m) > 0 {
+				t.Logf("cleanup: %s still has mounts %v: left", p, m)
+			} else if err := os.RemoveAll(p); err != nil {
+				t.Logf("cleanup: %s: %v", p, err)
+			}
 		}
 	}
 	for id := range confShmIDs() {

@@ -238,7 +238,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
 		t.Fatal(err)
 	}
 	d.Rootfs = ctrdBusybox(t, filepath.Join(dir, "busybox"))
-	t.Cleanup(func() { d.cleanup(t) })
+	// The runtime makes a task's parent cgroups (/default/<id> for ctr's
+	// namespace "default"); the test removes the ones it made.
+	_, statErr := os.Stat("/sys/fs/cgroup/memory/default")
+	t.Cleanup(func() {
+		d.cleanup(t)
+		if os.IsNotExist(statErr) {
+			ociRemoveCgroups(t, "default")
+		}
+	})
 	d.Start(t)
 	return d
 }

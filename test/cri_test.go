@@ -529,6 +529,7 @@ func TestCRI(t *testing.T) {
 			}
 		}
 	}
+	ociRemoveCgroups(t, "pyisolate-cri-test") // the pods' parent, made for this test
 
 	// Uninstall takes the entry out again and leaves the rest byte for byte.
 	src := filepath.Join(e.dir, "src", "pyisolate")
