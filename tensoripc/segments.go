@@ -117,9 +117,6 @@ func (d *Domain) Segments(ctx context.Context) ([]Segment, error) {
 
 var torchName = regexp.MustCompile(`^torch_(\d+)_`)
 
-// scan brings st up to date with the directory and the processes: members
-// whose process is gone are marked exited at now, new segments get an owner,
-// records of removed segments are dropped.
 // torchOwner attributes a torch_<pid>_... segment born at born (zero:
 // unknown) to the member whose process the name's pid is, as pid
 // namespaces number it. Every extension's init is pid 1 of its own, so the
@@ -149,6 +146,9 @@ func torchOwner(st *state, pid int, born time.Time, users map[string]bool, resol
 	return OwnerUnknown, 0, ByFileUID
 }
 
+// scan brings st up to date with the directory and the processes: members
+// whose process is gone are marked exited at now, new segments get an owner,
+// records of removed segments are dropped.
 func (d *Domain) scan(st *state, now time.Time) ([]Segment, error) {
 	entries, err := os.ReadDir(d.dir)
 	if err != nil {
@@ -245,19 +245,19 @@ func (d *Domain) scan(st *state, now time.Time) ([]Segment, error) {
 		if len(mapped) == 0 {
 			mapped = use.mappedByName[name]
 		}
+		var born time.Time // zero where the filesystem keeps no birth time
+		if sx.Mask&unix.STATX_BTIME != 0 && sx.Btime.Sec > 0 {
+			born = time.Unix(sx.Btime.Sec, int64(sx.Btime.Nsec))
+		}
+		users := map[string]bool{} // members whose processes map or hold it open
+		for _, p := range append(append([]int(nil), mapped...), open...) {
+			users[pidMember[p]] = true
+		}
 		rec := st.Segments[name]
 		if rec == nil || rec.Ino != sx.Ino || rec.Owner == OwnerUnknown {
 			fresh := &segmentRecord{Ino: sx.Ino, Owner: OwnerUnknown, Attribution: ByFileUID, FirstSeen: now}
 			if rec != nil && rec.Ino == sx.Ino {
 				fresh.FirstSeen = rec.FirstSeen
-			}
-			born := time.Time{}
-			if sx.Mask&unix.STATX_BTIME != 0 && sx.Btime.Sec > 0 {
-				born = time.Unix(sx.Btime.Sec, int64(sx.Btime.Nsec))
-			}
-			users := map[string]bool{} // members whose processes hold it open or mapped
-			for _, p := range append(append([]int(nil), open...), mapped...) {
-				users[pidMember[p]] = true
 			}
 			if m := torchName.FindStringSubmatch(name); m != nil {
 				if pid, err := strconv.Atoi(m[1]); err == nil {
@@ -281,12 +281,8 @@ func (d *Domain) scan(st *state, now time.Time) ([]Segment, error) {
 		seg := Segment{Name: name, Size: int64(sx.Blocks) * 512, Length: int64(sx.Size),
 			Owner: rec.Owner, OwnerPID: rec.OwnerPID, Attribution: rec.Attribution, UID: sx.Uid,
 			Created: rec.FirstSeen, MappedBy: mapped, OpenBy: open}
-		if sx.Mask&unix.STATX_BTIME != 0 && sx.Btime.Sec > 0 {
-			seg.Created = time.Unix(sx.Btime.Sec, int64(sx.Btime.Nsec))
-		}
-		users := map[string]bool{}
-		for _, p := range append(append([]int(nil), mapped...), open...) {
-			users[pidMember[p]] = true
+		if !born.IsZero() {
+			seg.Created = born
 		}
 		seg.UsedBy = sortedKeys(users)
 		if m := st.Members[rec.Owner]; m != nil && !m.Exited.IsZero() {
