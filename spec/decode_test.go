@@ -972,6 +972,14 @@ func TestLoadBundleMountedManifest(t *testing.T) {
 	if err := os.WriteFile(bad, []byte(`{"name":"x","module_path":"/etc","python":"`+python+`"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	fifo := filepath.Join(host, "fifo.json")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	huge := filepath.Join(host, "huge.json")
+	if err := os.WriteFile(huge, make([]byte, MaxManifestSize+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	config := func(ann map[string]string, mounts ...specs.Mount) string {
 		b, err := json.Marshal(map[string]any{"ociVersion": "1.2.0", "annotations": ann, "mounts": mounts})
 		if err != nil {
@@ -999,6 +1007,8 @@ func TestLoadBundleMountedManifest(t *testing.T) {
 		{name: "relative source", config: config(nil, bind("good.json", ManifestMountPath)), want: `source "good.json" is not an absolute path`, err: true},
 		{name: "a directory (an image's VOLUME)", config: config(nil, bind(host, ManifestMountPath)), want: "it is a directory", err: true},
 		{name: "missing", config: config(nil, bind(filepath.Join(host, "none.json"), ManifestMountPath)), want: "no such file", err: true},
+		{name: "a FIFO, refused without blocking", config: config(nil, bind(fifo, ManifestMountPath)), want: "it is a FIFO", err: true},
+		{name: "too large", config: config(nil, bind(huge, ManifestMountPath)), want: "larger than", err: true},
 		{name: "forbidden path", config: config(nil, bind(bad, ManifestMountPath)), want: `the manifest bound at /pyisolate.json (` + bad + `): manifest: module_path: "/etc" is forbidden`, err: true},
 	}
 	for _, tc := range tests {
