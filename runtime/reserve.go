@@ -38,6 +38,10 @@ const (
 	// containers outlive the command that made them, as runc's do, and are
 	// never reclaimed as orphans; `delete` ends them.
 	OwnerOCI = "oci"
+	// OwnerTemplate is a warm-start template (package runtime/warm): it
+	// outlives the run that made it, is never reclaimed as an orphan, and
+	// is deleted when its isolation group ends.
+	OwnerTemplate = "template"
 )
 
 // ErrIDInUse is returned by Reserve when another live process holds the id.
@@ -117,7 +121,7 @@ func (r *Runtime) lockNew(id string) (*Reservation, string, error) {
 	if err := os.Mkdir(filepath.Join(r.root(), locksDir), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, "", fmt.Errorf("reserve container %s: %w", id, err)
 	}
-	res, prev, err := r.lockID(id, true)
+	res, prev, err := r.lockID(id, true, true)
 	if err != nil {
 		return nil, "", fmt.Errorf("reserve container %s: %w", id, err)
 	}
@@ -125,9 +129,11 @@ func (r *Runtime) lockNew(id string) (*Reservation, string, error) {
 }
 
 // lockID opens (creating it when create is set) and flocks the lock file of
-// id without waiting. It returns the file's previous content. A lock file
+// id: with brief it rides out a holder that keeps it for a moment
+// (flockBriefly), else it tries once, for a scan to which a held lock means
+// a live owner (or another scan, which does the same work). It returns the file's previous content. A lock file
 // removed or replaced while it was being locked is opened again.
-func (r *Runtime) lockID(id string, create bool) (*Reservation, string, error) {
+func (r *Runtime) lockID(id string, create, brief bool) (*Reservation, string, error) {
 	p := r.lockPath(id)
 	for {
 		flags := os.O_RDWR | unix.O_CLOEXEC | unix.O_NOFOLLOW
@@ -138,7 +144,11 @@ func (r *Runtime) lockID(id string, create bool) (*Reservation, string, error) {
 		if err != nil {
 			return nil, "", err
 		}
-		if err := flockBriefly(f); err != nil {
+		lock := flockBriefly
+		if !brief {
+			lock = func(f *os.File) error { return unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) }
+		}
+		if err := lock(f); err != nil {
 			f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
 				return nil, "", ErrIDInUse
@@ -181,6 +191,10 @@ func (res *Reservation) unlock() {
 		res.f = nil
 	}
 }
+
+// Keep gives up the lock but leaves the lock file, with its owner, for a
+// container that outlives this process (OwnerOCI, OwnerTemplate).
+func (res *Reservation) Keep() { res.unlock() }
 
 // Release gives up the reservation and removes its lock file. Call it once
 // the container of the id is deleted. It is safe to call more than once.
@@ -239,7 +253,7 @@ func (r *Runtime) ReclaimOrphans(ctx context.Context) ([]string, error) {
 		if data, err := os.ReadFile(r.lockPath(id)); err != nil || prevOwner(string(data)) != OwnerRun {
 			continue
 		}
-		res, prev, err := r.lockID(id, false)
+		res, prev, err := r.lockID(id, false, false)
 		if err != nil {
 			continue // held by a live process, or removed meanwhile
 		}
@@ -260,7 +274,7 @@ func (r *Runtime) ReclaimOrphans(ctx context.Context) ([]string, error) {
 
 // dropStaleLock removes the lock file of id when no live process holds it.
 func (r *Runtime) dropStaleLock(id string) {
-	if res, _, err := r.lockID(id, false); err == nil {
+	if res, _, err := r.lockID(id, false, false); err == nil {
 		res.Release()
 	}
 }

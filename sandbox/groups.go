@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pyisolate/pyisolate-oci/runtime/group"
+	"github.com/pyisolate/pyisolate-oci/runtime/warm"
 	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
 )
@@ -63,8 +64,14 @@ func (rg *RunGroups) Leave(ctx context.Context, name, id string) {
 	if rg.g == nil {
 		return
 	}
-	if _, err := rg.g.Leave(ctx, id); err != nil && rg.Warn != nil {
+	ended, err := rg.g.Leave(ctx, id)
+	if err != nil && rg.Warn != nil {
 		rg.Warn(err.Error())
+	}
+	if ended {
+		if err := warm.StopGroup(ctx, NewRuntime(rg.Root), rg.Root, name); err != nil && rg.Warn != nil {
+			rg.Warn(err.Error())
+		}
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
-	"github.com/pyisolate/pyisolate-oci/runtime/group"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
@@ -66,7 +65,7 @@ func Delete(ctx context.Context, r *runtime.Runtime, id string, force bool) erro
 	if root == "" {
 		root = runtime.DefaultStateRoot()
 	}
-	if err := group.ReleaseMember(ctx, root, grp, id); err != nil {
+	if err := releaseMember(ctx, root, grp, id); err != nil {
 		return fmt.Errorf("delete container %s: leave group %s: %w", id, grp, err)
 	}
 	return nil

@@ -27,6 +27,7 @@ import (
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/runtime/detect"
 	"github.com/pyisolate/pyisolate-oci/runtime/group"
+	"github.com/pyisolate/pyisolate-oci/runtime/warm"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
@@ -34,7 +35,19 @@ import (
 // container it reclaims (the orphan of a dead `pyisolate run`) leaves its
 // isolation group too.
 func NewRuntime(root string) *runtime.Runtime {
-	return &runtime.Runtime{Root: root, ReleaseGroup: group.ReleaseMember}
+	return &runtime.Runtime{Root: root, ReleaseGroup: releaseMember}
+}
+
+// releaseMember is group.ReleaseMember, and when the group ended the
+// deletion of its warm-start templates (package warm).
+func releaseMember(ctx context.Context, root, name, id string) error {
+	if err := group.ReleaseMember(ctx, root, name, id); err != nil {
+		return err
+	}
+	if _, err := os.Stat(group.Dir(root, name)); err == nil {
+		return nil // the group lives on
+	}
+	return warm.StopGroup(ctx, NewRuntime(root), root, name)
 }
 
 // Groups opens and leaves isolation groups for a face: `pyisolate run` opens

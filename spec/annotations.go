@@ -43,6 +43,8 @@ const (
 	AnnotationFieldNetwork = "io.pyisolate.network"
 	// AnnotationFieldGPUs holds the gpus field, comma separated.
 	AnnotationFieldGPUs = "io.pyisolate.gpus"
+	// AnnotationFieldPreload holds the preload field, comma separated.
+	AnnotationFieldPreload = "io.pyisolate.preload"
 	// AnnotationFieldMemory holds limits.memory, as a size string.
 	AnnotationFieldMemory = "io.pyisolate.memory"
 	// AnnotationFieldPids holds limits.pids, as a decimal integer.
@@ -102,6 +104,10 @@ var annotationFields = []annotationField{
 	}},
 	{AnnotationFieldGPUs, "gpus", func(m *Manifest, v string) (err error) {
 		m.GPUs, err = splitList(v)
+		return err
+	}},
+	{AnnotationFieldPreload, "preload", func(m *Manifest, v string) (err error) {
+		m.Preload, err = splitList(v)
 		return err
 	}},
 }

@@ -49,6 +49,13 @@ type Manifest struct {
 	// Command is the process to run, in the module's parent directory.
 	// Defaults to [Python, "-m", <module directory name>].
 	Command []string `json:"command,omitempty"`
+	// Preload asks for warm starts: modules (dotted names, such as "torch"
+	// or "numpy.linalg") a template of the group imports once, and from
+	// which members with the same interpreter, venv and list are forked
+	// instead of starting a new interpreter (`pyisolate run`; package
+	// runtime/warm). Where a template cannot serve, the member starts cold
+	// and the run says why.
+	Preload []string `json:"preload,omitempty"`
 }
 
 // Sandbox is the filesystem and network part of a manifest.

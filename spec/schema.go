@@ -65,6 +65,7 @@ var manifestSchema = &schema{kind: kindObject, fields: map[string]*schema{
 	}},
 	"gpus":    schemaStrings,
 	"command": schemaStrings,
+	"preload": schemaStrings,
 }}
 
 // checker walks the tokens of one JSON document.

@@ -31,6 +31,9 @@ func (m *Manifest) ApplyDefaults() {
 	if len(m.GPUs) == 0 {
 		m.GPUs = nil
 	}
+	if len(m.Preload) == 0 {
+		m.Preload = nil
+	}
 	if len(m.Sandbox.WritablePaths) == 0 {
 		m.Sandbox.WritablePaths = nil
 	}
@@ -61,6 +64,7 @@ func (m *Manifest) Validate() error {
 		m.Limits.validate,
 		m.validateGPUs,
 		m.validateCommand,
+		m.validatePreload,
 	}
 	for _, check := range checks {
 		if err := check(); err != nil {
@@ -278,6 +282,31 @@ func (m *Manifest) validateCommand() error {
 	}
 	if !path.IsAbs(m.Command[0]) {
 		return fieldErr("command[0]", "program %q is not an absolute path", m.Command[0])
+	}
+	return nil
+}
+
+// MaxPreload is the longest preload list a manifest may give.
+const MaxPreload = 64
+
+// preloadModule is a dotted Python module name.
+var preloadModule = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$`)
+
+// validatePreload checks the preload list: at most MaxPreload distinct
+// dotted module names of at most 200 bytes.
+func (m *Manifest) validatePreload() error {
+	if len(m.Preload) > MaxPreload {
+		return fieldErr("preload", "has %d modules, more than %d", len(m.Preload), MaxPreload)
+	}
+	seen := map[string]bool{}
+	for i, mod := range m.Preload {
+		if len(mod) > 200 || !preloadModule.MatchString(mod) {
+			return fieldErr(fmt.Sprintf("preload[%d]", i), "%q is not a module name (letters, digits and _, dot separated)", mod)
+		}
+		if seen[mod] {
+			return fieldErr(fmt.Sprintf("preload[%d]", i), "module %q is listed twice", mod)
+		}
+		seen[mod] = true
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
 	"github.com/pyisolate/pyisolate-oci/runtime/detect"
+	"github.com/pyisolate/pyisolate-oci/runtime/warm"
 	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 	"github.com/pyisolate/pyisolate-oci/tensoripc"
@@ -260,12 +261,15 @@ func runBundle(ctx context.Context, req runRequest) int {
 			}
 		}
 	}
-	term, err := attachTerminal(s, &opts)
-	if err != nil {
-		return fail(exitUsage, "run: %v", err)
+	st, warmed, err := runWarm(ctx, r, id, bundle, c, opts)
+	if !warmed && err == nil {
+		var term *userTerminal
+		if term, err = attachTerminal(s, &opts); err != nil {
+			return fail(exitUsage, "run: %v", err)
+		}
+		st, err = r.Run(ctx, id, s, opts)
+		term.Close()
 	}
-	st, err := r.Run(ctx, id, s, opts)
-	term.Close()
 	if err != nil {
 		return fail(exitRuntime, "run: %v", err)
 	}
@@ -284,6 +288,26 @@ func runBundle(ctx context.Context, req runRequest) int {
 		fail(0, "container %s was killed by SIGBUS: %s", id, why)
 	}
 	return st.Code
+}
+
+// runWarm starts an extension whose manifest has a preload list from its
+// group's template (package warm) and waits for it. warmed is false when
+// the extension must start cold: no preload list, or a template could not
+// serve it, which is said on stderr.
+func runWarm(ctx context.Context, r *runtime.Runtime, id, bundle string, c *sandbox.Container, opts runtime.CreateOptions) (st runtime.ExitStatus, warmed bool, err error) {
+	if c.Manifest == nil || len(c.Manifest.Preload) == 0 {
+		return st, false, nil
+	}
+	st, err = warm.Run(ctx, r, id, c.Spec, warm.Options{
+		Manifest: c.Manifest, Group: c.GroupName, Bundle: bundle,
+		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Started: opts.Started,
+		Log: func(msg string) { fmt.Fprintln(os.Stderr, "pyisolate: "+msg) },
+	})
+	if warm.IsNotUsed(err) {
+		fmt.Fprintf(os.Stderr, "pyisolate: %v; starting cold\n", err)
+		return st, false, nil
+	}
+	return st, true, err
 }
 
 // checkBundle refuses, for run, what LoadBundle cannot judge alone, before

@@ -1,0 +1,541 @@
+// Package warm starts extensions from a template that has already imported
+// their heavy modules (torch takes about 0.5 s and 115 MB of private memory
+// per process to import), so that the Nth member of a group is ready in tens
+// of milliseconds and shares the imported pages with the template.
+//
+// # Design
+//
+// A template is a container like any member of its group (same filesystem,
+// user namespace mapping, limits, no capabilities, no_new_privs), whose
+// process is a Python zygote (zygote.py): it imports the manifest's preload
+// list and then only forks, on request of the runtime over a unix socket in
+// a directory only the runtime and the template can reach. Templates are
+// keyed by (group, interpreter, venv, preload list, PYTHON* variables, id
+// mapping) and deleted when their group ends.
+//
+// A warm member is made like this (C is the zygote's helper child, G the
+// member's process):
+//
+//  1. C calls unshare(CLONE_NEWUSER|CLONE_NEWPID). The runtime writes C's
+//     uid and gid maps ("0 0 N": the template's root) from inside the
+//     template's user namespace (nsenter): C itself may not map root (since
+//     Linux 5.12 that needs CAP_SETFCAP in the parent namespace), and host
+//     root may not write the map of a namespace that is not its child.
+//  2. C forks G, pid 1 of the new pid namespace. (A pid namespace cannot be
+//     entered across siblings, so the member's one is made here.)
+//  3. The runtime creates the member's container with libcontainer, exactly
+//     as a cold start does (mounts, /proc, masked paths, cgroup, hostname,
+//     sysctls, devices, network), except that it joins G's user and pid
+//     namespaces. That container's init is never started.
+//  4. The runtime moves G into the container's cgroups, applies the
+//     process's rlimits and oom_score_adj to it, and copies the seccomp
+//     filter libcontainer loaded into the container's init
+//     (PTRACE_SECCOMP_GET_FILTER), then kills that init.
+//  5. G receives the namespaces (mnt, uts, ipc, net, cgroup) and its stdio
+//     as file descriptors, enters them with setns, sets its ids, drops every
+//     capability (bounding and ambient too), sets no_new_privs, installs the
+//     copied filter last, closes every other descriptor, and runs the
+//     command line as `python ARGS` would.
+//
+// What differs from a cold member, and why: G's user and pid namespaces are
+// children of the template's (NSpid has one more level; uid_map, read from
+// inside, shows "0 0 N" against the template's namespace, the same host
+// ids), and G carries the template's seccomp filter below its own: two
+// filters (Seccomp_filters: 2) whose combination is the member's filter,
+// since the template's allows a superset. Everything else — mounts,
+// cgroup, capabilities, no_new_privs, the member's filter, limits — is the
+// cold start's, and the test compares them.
+//
+// Design choices, measured on this project's machines: forking (this)
+// against restoring a CRIU checkpoint of the template into a new container.
+// A restore copies the image into private memory on every start, which
+// defeats the memory target, and needs CRIU's privileges; a fork shares the
+// template's pages copy-on-write. The fork costs 25 to 40 ms, most of it
+// libcontainer creating the member's container.
+//
+// When a template cannot serve (the request is not one it can replicate,
+// the template died or failed to import, rootless, any step above fails
+// before the extension's code runs), Run returns an error that says so and
+// has started nothing: the face then starts the member cold, and says it.
+package warm
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/spec"
+)
+
+// Options are a warm start's inputs besides the spec.
+type Options struct {
+	// Manifest is the member's manifest (its preload list is the template's
+	// imports).
+	Manifest *spec.Manifest
+	// Group is the member's isolation group.
+	Group string
+	// Bundle is the bundle directory (runtime.CreateOptions.Bundle).
+	Bundle string
+	// Stdin, Stdout and Stderr are the member's standard streams.
+	Stdin, Stdout, Stderr *os.File
+	// Started is called with the host pid of the member's process once it
+	// runs in its sandbox.
+	Started func(pid int)
+	// Log receives what the user should know (a template replaced).
+	Log func(string)
+}
+
+// NotUsedError says why a warm start was not made. Nothing was started:
+// the caller starts the member cold.
+type NotUsedError struct{ Reason string }
+
+func (e *NotUsedError) Error() string { return "warm start not used: " + e.Reason }
+
+func notUsed(format string, a ...any) error {
+	return &NotUsedError{Reason: fmt.Sprintf(format, a...)}
+}
+
+// IsNotUsed reports whether err is a NotUsedError (start cold).
+func IsNotUsed(err error) bool {
+	var nu *NotUsedError
+	return errors.As(err, &nu)
+}
+
+// forwardedSignals are passed on to the member's process, as runtime.Run
+// does for a cold one.
+var forwardedSignals = []os.Signal{
+	unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2,
+}
+
+// Run starts member id (a reserved id with no container yet) of spec s from
+// its template, waits for it, and deletes its container. A NotUsedError
+// means nothing was started and the member should start cold.
+func Run(ctx context.Context, r *runtime.Runtime, id string, s *specs.Spec, o Options) (runtime.ExitStatus, error) {
+	if why := Eligible(s, o.Manifest); why != "" {
+		return runtime.ExitStatus{}, notUsed("%s", why)
+	}
+	log := o.Log
+	if log == nil {
+		log = func(string) {}
+	}
+	k := KeyOf(s, o.Manifest, o.Group)
+	t, err := ensure(ctx, r, k, s, id, log)
+	if err != nil {
+		return runtime.ExitStatus{}, notUsed("template: %v", err)
+	}
+	m, err := start(ctx, r, t, id, s, o)
+	if err != nil {
+		return runtime.ExitStatus{}, notUsed("%v", err)
+	}
+	runtime.Phase("warm start: forked into the sandbox")
+	return m.wait(ctx)
+}
+
+// Eligible returns why spec s of manifest m cannot start warm, or "".
+func Eligible(s *specs.Spec, m *spec.Manifest) string {
+	switch {
+	case m == nil || len(m.Preload) == 0:
+		return "the manifest has no preload list"
+	case runtime.Rootless():
+		return "rootless: copying the sandbox's seccomp filter into a forked process needs CAP_SYS_ADMIN (PTRACE_SECCOMP_GET_FILTER)"
+	case s.Process == nil || s.Linux == nil:
+		return "the spec has no process"
+	case s.Process.Terminal:
+		return "process.terminal is set"
+	}
+	p := s.Process
+	args := p.Args
+	switch {
+	case len(args) >= 3 && (args[1] == "-m" || args[1] == "-c"):
+	case len(args) >= 2 && !strings.HasPrefix(args[1], "-"):
+	default:
+		return fmt.Sprintf("the command %q is not PYTHON -m MODULE, PYTHON -c CODE or PYTHON SCRIPT", args)
+	}
+	if c := p.Capabilities; c != nil && len(c.Bounding)+len(c.Effective)+len(c.Permitted)+len(c.Inheritable)+len(c.Ambient) > 0 {
+		return "the process keeps capabilities"
+	}
+	if c := p.Capabilities; c == nil {
+		return "the process keeps capabilities"
+	}
+	if !p.NoNewPrivileges {
+		return "the process has no no_new_privileges"
+	}
+	if p.ApparmorProfile != "" || p.SelinuxLabel != "" || p.IOPriority != nil || p.Scheduler != nil || p.ExecCPUAffinity != nil {
+		return "the process asks for an AppArmor profile, SELinux label, I/O priority, scheduler or CPU affinity"
+	}
+	if len(s.Linux.UIDMappings) != 1 || len(s.Linux.GIDMappings) != 1 {
+		return "the sandbox has no single-range user namespace mapping"
+	}
+	var user, pid bool
+	for _, ns := range s.Linux.Namespaces {
+		switch ns.Type {
+		case specs.UserNamespace:
+			user = ns.Path == ""
+		case specs.PIDNamespace:
+			pid = ns.Path == ""
+		}
+	}
+	if !user || !pid {
+		return "the sandbox has no user or pid namespace of its own"
+	}
+	if sc := s.Linux.Seccomp; sc != nil && sc.ListenerPath != "" {
+		return "the seccomp profile has a listener"
+	}
+	return ""
+}
+
+// member is a warm member whose process runs.
+type member struct {
+	id   string
+	pid  int // host pid of G
+	conn *net.UnixConn
+	door *runtime.Container
+	oom  uint64
+}
+
+// start makes member id from template t (steps 1 to 5 of the package
+// doc). On error nothing of the member is left.
+func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *specs.Spec, o Options) (_ *member, retErr error) {
+	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: t.socket, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("connect to template %s: %w", t.id, err)
+	}
+	defer func() {
+		if retErr != nil {
+			conn.Close() // C kills G when the connection ends
+		}
+	}()
+	if err := passCred(conn); err != nil {
+		return nil, err
+	}
+	if _, err := conn.Write([]byte(`{"v":1}`)); err != nil {
+		return nil, fmt.Errorf("template %s: %w", t.id, err)
+	}
+	cpid, err := recvPid(conn)
+	if err != nil {
+		return nil, fmt.Errorf("template %s: %w", t.id, err)
+	}
+	if err := expect(conn, "unshared"); err != nil {
+		return nil, fmt.Errorf("template %s: %w", t.id, err)
+	}
+	if err := writeMaps(t.initPID, cpid, s); err != nil {
+		return nil, err
+	}
+	if _, err := conn.Write([]byte("mapped")); err != nil {
+		return nil, fmt.Errorf("template %s: %w", t.id, err)
+	}
+	if err := expect(conn, "forked"); err != nil {
+		return nil, fmt.Errorf("template %s: %w", t.id, err)
+	}
+	gpid, err := onlyChild(cpid)
+	if err != nil {
+		return nil, err
+	}
+	ds := doorSpec(s, gpid)
+	door, err := r.Create(ctx, id, ds, runtime.CreateOptions{Bundle: o.Bundle})
+	if err != nil {
+		return nil, fmt.Errorf("create the member's container: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = door.Delete(context.WithoutCancel(ctx), true)
+		}
+	}()
+	dpid := door.InitPID()
+	var filter []byte
+	if s.Linux.Seccomp != nil {
+		if filter, err = copySeccompFilter(dpid); err != nil {
+			return nil, err
+		}
+	}
+	names := []string{"mnt", "uts", "ipc", "net", "cgroup"}
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	for _, n := range names {
+		fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/%s", dpid, n), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open namespace %s of the member's container: %w", n, err)
+		}
+		fds = append(fds, fd)
+	}
+	// The container's init has done its work (its namespaces are held by
+	// the descriptors): it goes before G joins its cgroup (libcontainer
+	// would kill the whole cgroup of a container without a pid namespace
+	// of its own) and before the member's code runs beside it.
+	if err := unix.Kill(dpid, unix.SIGKILL); err != nil {
+		return nil, fmt.Errorf("end the init of the member's container: %w", err)
+	}
+	if _, err := door.Wait(ctx); err != nil {
+		return nil, err
+	}
+	if err := door.AdoptProcess(gpid); err != nil {
+		return nil, err
+	}
+	if err := applyProcessLimits(gpid, s.Process); err != nil {
+		return nil, err
+	}
+	oom, _ := door.OOMKills()
+	req := map[string]any{
+		"ns": names, "args": s.Process.Args, "env": s.Process.Env, "cwd": s.Process.Cwd,
+		"uid": s.Process.User.UID, "gid": s.Process.User.GID, "groups": gids(s.Process.User.AdditionalGids),
+		"umask": umask(s.Process.User.Umask), "seccomp": hex.EncodeToString(filter),
+	}
+	msg, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	var stdio []int
+	for _, f := range []*os.File{o.Stdin, o.Stdout, o.Stderr} {
+		if f == nil {
+			if f, err = os.Open(os.DevNull); err != nil {
+				return nil, err
+			}
+			defer f.Close()
+		}
+		stdio = append(stdio, int(f.Fd()))
+	}
+	if _, _, err := conn.WriteMsgUnix(msg, unix.UnixRights(append(slices.Clone(fds), stdio...)...), nil); err != nil {
+		return nil, fmt.Errorf("send the sandbox to the member: %w", err)
+	}
+	reply, err := readMsg(conn)
+	if err != nil {
+		return nil, fmt.Errorf("member: %w", err)
+	}
+	if string(reply) != "ok" {
+		return nil, fmt.Errorf("member could not enter its sandbox: %s", reply)
+	}
+	if o.Started != nil {
+		o.Started(gpid)
+	}
+	return &member{id: id, pid: gpid, conn: conn, door: door, oom: oom}, nil
+}
+
+// wait forwards signals to the member, waits for its exit status (from C)
+// and deletes its container.
+func (m *member) wait(ctx context.Context) (st runtime.ExitStatus, err error) {
+	defer func() {
+		m.conn.Close()
+		if derr := m.door.Delete(context.WithoutCancel(ctx), true); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	sigc := make(chan os.Signal, 8)
+	signal.Notify(sigc, forwardedSignals...)
+	defer signal.Stop(sigc)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case sig := <-sigc:
+				_ = unix.Kill(m.pid, sig.(syscall.Signal))
+			case <-ctx.Done():
+				_ = unix.Kill(m.pid, unix.SIGKILL)
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	b, err := readMsg(m.conn)
+	if err != nil {
+		return runtime.ExitStatus{}, fmt.Errorf("warm member %s: exit status: %w", m.id, err)
+	}
+	var res struct {
+		Status int `json:"status"`
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		return runtime.ExitStatus{}, fmt.Errorf("warm member %s: exit status %q: %w", m.id, b, err)
+	}
+	ws := syscall.WaitStatus(res.Status)
+	if ws.Signaled() {
+		st = runtime.ExitStatus{Code: 128 + int(ws.Signal()), Signal: ws.Signal()}
+	} else {
+		st = runtime.ExitStatus{Code: ws.ExitStatus()}
+	}
+	if n, ok := m.door.OOMKills(); ok && n > m.oom {
+		st.OOMKilled = true
+	}
+	return st, nil
+}
+
+// doorSpec is member spec s joining G's user and pid namespaces.
+func doorSpec(s *specs.Spec, gpid int) *specs.Spec {
+	ds := *s
+	l := *s.Linux
+	l.Namespaces = slices.Clone(l.Namespaces)
+	for i, ns := range l.Namespaces {
+		switch ns.Type {
+		case specs.UserNamespace:
+			l.Namespaces[i].Path = fmt.Sprintf("/proc/%d/ns/user", gpid)
+		case specs.PIDNamespace:
+			l.Namespaces[i].Path = fmt.Sprintf("/proc/%d/ns/pid", gpid)
+		}
+	}
+	// The mappings are the namespace's own (read by libcontainer from it).
+	l.UIDMappings, l.GIDMappings = nil, nil
+	ds.Linux = &l
+	return &ds
+}
+
+// writeMaps writes the uid and gid maps of C's new user namespace from
+// inside the template's: root of the template's namespace, as many ids as
+// the sandbox maps.
+func writeMaps(tplPID, cpid int, s *specs.Spec) error {
+	um, gm := s.Linux.UIDMappings[0], s.Linux.GIDMappings[0]
+	script := fmt.Sprintf("echo '0 0 %d' > /proc/%d/uid_map && echo '0 0 %d' > /proc/%d/gid_map", um.Size, cpid, gm.Size, cpid)
+	cmd := exec.Command("nsenter", "--user=/proc/"+strconv.Itoa(tplPID)+"/ns/user", "--", "/bin/sh", "-c", script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("map the member's user namespace (nsenter): %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// onlyChild returns the host pid of C's one child, G.
+func onlyChild(cpid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cpid, cpid))
+	if err != nil {
+		return 0, fmt.Errorf("find the member's process: %w", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 1 {
+		return 0, fmt.Errorf("find the member's process: template helper %d has children %q", cpid, f)
+	}
+	return strconv.Atoi(f[0])
+}
+
+// applyProcessLimits sets p's rlimits and oom_score_adj on process pid, as
+// libcontainer sets them on a cold member's init.
+func applyProcessLimits(pid int, p *specs.Process) error {
+	for _, rl := range p.Rlimits {
+		res, ok := rlimits[rl.Type]
+		if !ok {
+			return fmt.Errorf("process.rlimits: unknown %s", rl.Type)
+		}
+		lim := unix.Rlimit{Cur: rl.Soft, Max: rl.Hard}
+		if err := unix.Prlimit(pid, res, &lim, nil); err != nil {
+			return fmt.Errorf("set %s of the member: %w", rl.Type, err)
+		}
+	}
+	if p.OOMScoreAdj != nil {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(*p.OOMScoreAdj)), 0); err != nil {
+			return fmt.Errorf("set oom_score_adj of the member: %w", err)
+		}
+	}
+	return nil
+}
+
+var rlimits = map[string]int{
+	"RLIMIT_AS": unix.RLIMIT_AS, "RLIMIT_CORE": unix.RLIMIT_CORE, "RLIMIT_CPU": unix.RLIMIT_CPU,
+	"RLIMIT_DATA": unix.RLIMIT_DATA, "RLIMIT_FSIZE": unix.RLIMIT_FSIZE, "RLIMIT_LOCKS": unix.RLIMIT_LOCKS,
+	"RLIMIT_MEMLOCK": unix.RLIMIT_MEMLOCK, "RLIMIT_MSGQUEUE": unix.RLIMIT_MSGQUEUE, "RLIMIT_NICE": unix.RLIMIT_NICE,
+	"RLIMIT_NOFILE": unix.RLIMIT_NOFILE, "RLIMIT_NPROC": unix.RLIMIT_NPROC, "RLIMIT_RSS": unix.RLIMIT_RSS,
+	"RLIMIT_RTPRIO": unix.RLIMIT_RTPRIO, "RLIMIT_RTTIME": unix.RLIMIT_RTTIME, "RLIMIT_SIGPENDING": unix.RLIMIT_SIGPENDING,
+	"RLIMIT_STACK": unix.RLIMIT_STACK,
+}
+
+func gids(g []uint32) []uint32 {
+	if g == nil {
+		return []uint32{}
+	}
+	return g
+}
+
+func umask(u *uint32) uint32 {
+	if u == nil {
+		return 0o022
+	}
+	return *u
+}
+
+// passCred makes the connection receive the sender's credentials, which
+// the kernel translates to this process's pid namespace.
+func passCred(c *net.UnixConn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// recvPid reads C's "pid" message and returns C's host pid from its
+// credentials.
+func recvPid(c *net.UnixConn) (int, error) {
+	buf := make([]byte, 1<<16)
+	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return 0, err
+	}
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	_ = c.SetReadDeadline(time.Time{})
+	if err != nil {
+		return 0, err
+	}
+	if string(buf[:n]) != "pid" {
+		return 0, fmt.Errorf("%s", buf[:n])
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) == 0 {
+		return 0, fmt.Errorf("no credentials from the template's helper")
+	}
+	cred, err := unix.ParseUnixCredentials(&msgs[0])
+	if err != nil {
+		return 0, err
+	}
+	return int(cred.Pid), nil
+}
+
+// readMsg reads one message.
+func readMsg(c *net.UnixConn) ([]byte, error) {
+	buf := make([]byte, 1<<16)
+	oob := make([]byte, 256)
+	n, _, _, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, errors.New("the template's helper closed the connection")
+	}
+	return buf[:n], nil
+}
+
+// expect reads one message and checks it is want.
+func expect(c *net.UnixConn, want string) error {
+	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return err
+	}
+	defer c.SetReadDeadline(time.Time{})
+	b, err := readMsg(c)
+	if err != nil {
+		return err
+	}
+	if string(b) != want {
+		return fmt.Errorf("%s", b)
+	}
+	return nil
+}
