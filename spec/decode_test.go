@@ -110,6 +110,13 @@ func TestDecodeManifestDefaults(t *testing.T) {
 		{"empty collections become nil", `{"name":"n","module_path":"/m","env":{},"gpus":[],"sandbox":{"writable_paths":[],"readonly_paths":[]},"limits":{"cpus":-0}}`, Manifest{
 			Name: "n", ModulePath: "/m", Python: "/usr/bin/python3", ExecutionModel: HostCoupled, Group: "n",
 		}},
+		{"preload", `{"name":"n","module_path":"/m","preload":["torch","numpy.linalg","_x"]}`, Manifest{
+			Name: "n", ModulePath: "/m", Python: "/usr/bin/python3", ExecutionModel: HostCoupled, Group: "n",
+			Preload: []string{"torch", "numpy.linalg", "_x"},
+		}},
+		{"empty preload becomes nil", `{"name":"n","module_path":"/m","preload":[]}`, Manifest{
+			Name: "n", ModulePath: "/m", Python: "/usr/bin/python3", ExecutionModel: HostCoupled, Group: "n",
+		}},
 		{"explicit host-coupled", `{"name":"n","module_path":"/m","execution_model":"host-coupled","group":"g"}`, Manifest{
 			Name: "n", ModulePath: "/m", Python: "/usr/bin/python3", ExecutionModel: HostCoupled, Group: "g",
 		}},
@@ -269,6 +276,10 @@ func TestDecodeManifestErrors(t *testing.T) {
 		// command.
 		{"command empty", doc(`,"command":[]`), "command", "must not be empty"},
 		{"command relative", doc(`,"command":["python3","-m","x"]`), "command[0]", `program "python3" is not an absolute path`},
+		{"preload not a module", doc(`,"preload":["torch","os/path"]`), "preload[1]", `"os/path" is not a module name`},
+		{"preload leading dot", doc(`,"preload":[".torch"]`), "preload[0]", "is not a module name"},
+		{"preload twice", doc(`,"preload":["torch","numpy","torch"]`), "preload[2]", `module "torch" is listed twice`},
+		{"preload type", doc(`,"preload":"torch"`), "preload", "must be an array of strings"},
 		{"command NUL", doc(`,"command":["/bin/x","a\u0000"]`), "command[1]", "NUL"},
 	}
 	for _, tt := range tests {
@@ -576,6 +587,7 @@ func TestManifestFromAnnotations(t *testing.T) {
 			AnnotationFieldShareCUDAIPC:   "false",
 			AnnotationFieldNetwork:        "true",
 			AnnotationFieldGPUs:           "nvidia.com/gpu=0, nvidia.com/gpu=1",
+			AnnotationFieldPreload:        "torch,numpy",
 			AnnotationFieldMemory:         "1Gi",
 			AnnotationFieldPids:           "64",
 			AnnotationFieldCPUs:           "0.5",
@@ -592,8 +604,9 @@ func TestManifestFromAnnotations(t *testing.T) {
 		want := &Manifest{
 			Name: "ext", ModulePath: "/m", Venv: "/v", Python: "/v/bin/python3", Group: "g",
 			ExecutionModel: Sealed, ShareTorch: true, Sandbox: Sandbox{Network: true},
-			GPUs:   []string{"nvidia.com/gpu=0", "nvidia.com/gpu=1"},
-			Limits: Limits{Memory: 1 << 30, Pids: 64, CPUs: 0.5, ShmSize: 256 << 20, TmpSize: 512 << 20},
+			GPUs:    []string{"nvidia.com/gpu=0", "nvidia.com/gpu=1"},
+			Preload: []string{"torch", "numpy"},
+			Limits:  Limits{Memory: 1 << 30, Pids: 64, CPUs: 0.5, ShmSize: 256 << 20, TmpSize: 512 << 20},
 		}
 		if !reflect.DeepEqual(m, want) {
 			t.Fatalf("got  %+v\nwant %+v", m, want)

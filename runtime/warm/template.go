@@ -310,6 +310,19 @@ func StopGroup(ctx context.Context, r *runtime.Runtime, root, name string) error
 		_ = os.Remove(filepath.Join(root, warmDir, e.Name()+".lock"))
 		unlock()
 	}
+	// Lock files of templates that failed to start.
+	locks, _ := filepath.Glob(filepath.Join(root, warmDir, "*.lock"))
+	for _, l := range locks {
+		if _, err := os.Stat(strings.TrimSuffix(l, ".lock")); err == nil {
+			continue
+		}
+		if f, err := os.OpenFile(l, os.O_RDWR|unix.O_CLOEXEC, 0); err == nil {
+			if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+				_ = os.Remove(l)
+			}
+			f.Close()
+		}
+	}
 	_ = os.Remove(filepath.Join(root, warmDir)) // when empty
 	return errors.Join(errs...)
 }

@@ -69,6 +69,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -160,6 +162,9 @@ func Eligible(s *specs.Spec, m *spec.Manifest) string {
 	}
 	p := s.Process
 	args := p.Args
+	if len(args) == 0 || !pythonName.MatchString(filepath.Base(args[0])) {
+		return fmt.Sprintf("the command %q does not run a Python interpreter (python, python3, python3.11, ...)", args)
+	}
 	switch {
 	case len(args) >= 3 && (args[1] == "-m" || args[1] == "-c"):
 	case len(args) >= 2 && !strings.HasPrefix(args[1], "-"):
@@ -199,6 +204,9 @@ func Eligible(s *specs.Spec, m *spec.Manifest) string {
 	return ""
 }
 
+// pythonName matches the file names of Python interpreters.
+var pythonName = regexp.MustCompile(`^python[0-9.]*$`)
+
 // member is a warm member whose process runs.
 type member struct {
 	id   string
@@ -206,6 +214,7 @@ type member struct {
 	conn *net.UnixConn
 	door *runtime.Container
 	oom  uint64
+	log  func(string)
 }
 
 // start makes member id from template t (steps 1 to 5 of the package
@@ -326,7 +335,11 @@ func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *s
 	if o.Started != nil {
 		o.Started(gpid)
 	}
-	return &member{id: id, pid: gpid, conn: conn, door: door, oom: oom}, nil
+	log := o.Log
+	if log == nil {
+		log = func(string) {}
+	}
+	return &member{id: id, pid: gpid, conn: conn, door: door, oom: oom, log: log}, nil
 }
 
 // wait forwards signals to the member, waits for its exit status (from C)
@@ -358,7 +371,15 @@ func (m *member) wait(ctx context.Context) (st runtime.ExitStatus, err error) {
 	}()
 	b, err := readMsg(m.conn)
 	if err != nil {
-		return runtime.ExitStatus{}, fmt.Errorf("warm member %s: exit status: %w", m.id, err)
+		// The helper that reports the status is gone: the template died
+		// (killed, out of memory), and its pid namespace with every member
+		// forked from it.
+		m.log(fmt.Sprintf("warm member %s: its template ended (%v); the member was killed with it", m.id, err))
+		_ = unix.Kill(m.pid, unix.SIGKILL)
+		for i := 0; i < 500 && pidAlive(m.pid); i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+		return runtime.ExitStatus{Code: 128 + int(unix.SIGKILL), Signal: unix.SIGKILL}, nil
 	}
 	var res struct {
 		Status int `json:"status"`

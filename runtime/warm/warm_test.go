@@ -1,0 +1,185 @@
+package warm
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/spec"
+)
+
+// memberSpec is a spec as spec.Build makes it for an extension: python -m,
+// no capabilities, no_new_privs, own user and pid namespaces.
+func memberSpec() *specs.Spec {
+	return &specs.Spec{
+		Root: &specs.Root{Path: "/state/rootfs/ext-1", Readonly: true},
+		Process: &specs.Process{
+			Args:            []string{"/usr/bin/python3", "-m", "ext"},
+			Env:             []string{"PATH=/usr/bin", "PYTHONUNBUFFERED=1", "HOME=/tmp"},
+			Cwd:             "/mods",
+			NoNewPrivileges: true,
+			Capabilities:    &specs.LinuxCapabilities{Bounding: []string{}, Effective: []string{}, Permitted: []string{}},
+		},
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.UserNamespace}, {Type: specs.PIDNamespace}, {Type: specs.MountNamespace},
+				{Type: specs.IPCNamespace, Path: "/proc/7/ns/ipc"},
+			},
+			UIDMappings: []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}},
+			GIDMappings: []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}},
+			CgroupsPath: "/pyisolate/ext-1",
+			Resources:   &specs.LinuxResources{},
+			Seccomp:     &specs.LinuxSeccomp{DefaultAction: specs.ActErrno},
+		},
+		Annotations: map[string]string{spec.AnnotationGroup: "g"},
+	}
+}
+
+func TestEligible(t *testing.T) {
+	m := &spec.Manifest{Preload: []string{"torch"}}
+	if runtime.Rootless() {
+		if why := Eligible(memberSpec(), m); !strings.Contains(why, "rootless") {
+			t.Fatalf("rootless: Eligible = %q, want the rootless reason", why)
+		}
+		return
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(s *specs.Spec, m *spec.Manifest)
+		want   string // "" eligible, else a part of the reason
+	}{
+		{"module", func(*specs.Spec, *spec.Manifest) {}, ""},
+		{"code", func(s *specs.Spec, _ *spec.Manifest) { s.Process.Args = []string{"/v/bin/python", "-c", "pass"} }, ""},
+		{"script", func(s *specs.Spec, _ *spec.Manifest) {
+			s.Process.Args = []string{"/usr/bin/python3.11", "/m/run.py", "-x"}
+		}, ""},
+		{"no preload", func(_ *specs.Spec, m *spec.Manifest) { m.Preload = nil }, "no preload list"},
+		{"not python", func(s *specs.Spec, _ *spec.Manifest) { s.Process.Args = []string{"/bin/sh", "-c", "x"} }, "does not run a Python interpreter"},
+		{"interpreter flag", func(s *specs.Spec, _ *spec.Manifest) { s.Process.Args = []string{"/usr/bin/python3", "-u", "x.py"} }, "is not PYTHON"},
+		{"terminal", func(s *specs.Spec, _ *spec.Manifest) { s.Process.Terminal = true }, "terminal"},
+		{"capabilities", func(s *specs.Spec, _ *spec.Manifest) { s.Process.Capabilities.Bounding = []string{"CAP_KILL"} }, "capabilities"},
+		{"capabilities unset", func(s *specs.Spec, _ *spec.Manifest) { s.Process.Capabilities = nil }, "capabilities"},
+		{"no nnp", func(s *specs.Spec, _ *spec.Manifest) { s.Process.NoNewPrivileges = false }, "no_new_privileges"},
+		{"apparmor", func(s *specs.Spec, _ *spec.Manifest) { s.Process.ApparmorProfile = "x" }, "AppArmor"},
+		{"no userns", func(s *specs.Spec, _ *spec.Manifest) { s.Linux.Namespaces = s.Linux.Namespaces[1:] }, "no user or pid namespace"},
+		{"joined pidns", func(s *specs.Spec, _ *spec.Manifest) { s.Linux.Namespaces[1].Path = "/proc/1/ns/pid" }, "no user or pid namespace"},
+		{"two ranges", func(s *specs.Spec, _ *spec.Manifest) {
+			s.Linux.UIDMappings = append(s.Linux.UIDMappings, specs.LinuxIDMapping{ContainerID: 70000, HostID: 1, Size: 1})
+		}, "single-range"},
+		{"listener", func(s *specs.Spec, _ *spec.Manifest) { s.Linux.Seccomp.ListenerPath = "/x" }, "listener"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, mm := memberSpec(), &spec.Manifest{Preload: []string{"torch"}}
+			tc.change(s, mm)
+			got := Eligible(s, mm)
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Errorf("Eligible = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestKey(t *testing.T) {
+	m := &spec.Manifest{Preload: []string{"torch", "numpy"}, Venv: "/v"}
+	base := KeyOf(memberSpec(), m, "g")
+	if base.Python != "/usr/bin/python3" || !slices.Equal(base.PythonEnv, []string{"PYTHONUNBUFFERED=1"}) {
+		t.Fatalf("key %+v", base)
+	}
+	// What does not change the interpreter's start does not change the key.
+	s := memberSpec()
+	s.Process.Env = append(s.Process.Env, "OTHER=1")
+	s.Process.Args = []string{"/usr/bin/python3", "-c", "other"}
+	if KeyOf(s, m, "g").Hash() != base.Hash() {
+		t.Error("a different command or non-Python variable changed the key")
+	}
+	for name, k := range map[string]Key{
+		"group":   KeyOf(memberSpec(), m, "h"),
+		"preload": KeyOf(memberSpec(), &spec.Manifest{Preload: []string{"numpy", "torch"}, Venv: "/v"}, "g"),
+		"venv":    KeyOf(memberSpec(), &spec.Manifest{Preload: m.Preload}, "g"),
+		"python env": func() Key {
+			s := memberSpec()
+			s.Process.Env = append(s.Process.Env, "PYTHONPATH=/x")
+			return KeyOf(s, m, "g")
+		}(),
+		"interpreter": func() Key {
+			s := memberSpec()
+			s.Process.Args[0] = "/v/bin/python"
+			return KeyOf(s, m, "g")
+		}(),
+	} {
+		if k.Hash() == base.Hash() {
+			t.Errorf("a different %s gives the same template key", name)
+		}
+	}
+}
+
+func TestTemplateSpec(t *testing.T) {
+	s := memberSpec()
+	r := &runtime.Runtime{Root: t.TempDir()}
+	tpl := &template{id: "pyisolate-warm-x", dir: "/state/warm/x", key: KeyOf(s, &spec.Manifest{Preload: []string{"torch"}}, "g")}
+	ts, err := templateSpec(r, s, tpl, "ext-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ts.Process.Args; len(got) != 4 || got[1] != "-c" || got[2] != zygoteSource || got[3] != "/run/pyisolate-warm/zygote.sock" {
+		t.Errorf("template args %q", got[:2])
+	}
+	if !slices.Contains(ts.Process.Env, "PYISOLATE_WARM_PRELOAD=torch") {
+		t.Errorf("template env %q", ts.Process.Env)
+	}
+	if ts.Root.Path == s.Root.Path || filepath.Base(ts.Root.Path) != tpl.id {
+		t.Errorf("template root %s: want an empty rootfs of its own", ts.Root.Path)
+	}
+	if ts.Linux.CgroupsPath != "/pyisolate/pyisolate-warm-x" {
+		t.Errorf("template cgroup %s", ts.Linux.CgroupsPath)
+	}
+	last := ts.Linux.Seccomp.Syscalls[len(ts.Linux.Seccomp.Syscalls)-1]
+	if !slices.Equal(last.Names, []string{"unshare", "setns"}) || last.Action != specs.ActAllow {
+		t.Errorf("template seccomp: last rule %+v, want unshare and setns allowed", last)
+	}
+	if len(s.Linux.Seccomp.Syscalls) != 0 || s.Process.Args[1] != "-m" {
+		t.Error("templateSpec changed the member's spec")
+	}
+	if _, ok := ts.Annotations[spec.AnnotationGroup]; ok {
+		t.Error("the template records the group as a member would")
+	}
+	m := ts.Mounts[len(ts.Mounts)-1]
+	if m.Destination != templateMount || m.Source != tpl.dir || !slices.Contains(m.Options, "noexec") {
+		t.Errorf("template mount %+v", m)
+	}
+	if ts.Process.Capabilities == nil || len(ts.Process.Capabilities.Bounding) != 0 || !ts.Process.NoNewPrivileges {
+		t.Error("the template keeps capabilities or lacks no_new_privileges")
+	}
+}
+
+func TestDoorSpec(t *testing.T) {
+	s := memberSpec()
+	d := doorSpec(s, 42)
+	if d.Linux.Namespaces[0].Path != "/proc/42/ns/user" || d.Linux.Namespaces[1].Path != "/proc/42/ns/pid" ||
+		d.Linux.Namespaces[3].Path != "/proc/7/ns/ipc" || d.Linux.UIDMappings != nil {
+		t.Errorf("door namespaces %+v, uid map %v", d.Linux.Namespaces, d.Linux.UIDMappings)
+	}
+	if s.Linux.Namespaces[0].Path != "" || s.Linux.UIDMappings == nil {
+		t.Error("doorSpec changed the member's spec")
+	}
+}
+
+// TestZygoteCompiles compiles the zygote with the interpreter extensions
+// use.
+func TestZygoteCompiles(t *testing.T) {
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		t.Skipf("skipped: %s is missing", py)
+	}
+	cmd := exec.Command(py, "-c", "import sys; compile(sys.stdin.read(), 'zygote.py', 'exec')")
+	cmd.Stdin = strings.NewReader(zygoteSource)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("zygote.py does not compile: %v\n%s", err, out)
+	}
+}
