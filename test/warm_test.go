@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -426,4 +427,50 @@ func warmCheckNoTemplates(t *testing.T, root string) {
 			t.Errorf("left behind under the state root: %s", e.Name())
 		}
 	}
+}
+
+// TestWarmRootless: as an ordinary user (uid 65534, no subordinate ids) a
+// member starts warm too, and sees the sandbox a rootless cold member sees.
+// Without CAP_SYS_ADMIN the runtime takes the seccomp program libcontainer
+// makes from a traced helper (package runtime/warm's own test compares it
+// with the loaded filter).
+func TestWarmRootless(t *testing.T) {
+	tools, fx, u := rlSetup(t, []string{"/bin/true"})
+	run := func(name string, preload []string) secRunResult {
+		bundle := filepath.Join(fx.base, name)
+		if err := os.MkdirAll(bundle, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeManifest(t, bundle, warmManifest(fx, warmReport, preload))
+		id := secID(name)
+		t.Cleanup(func() { rlCheckNoLeaks(t, u, fx, id) })
+		return u.exec(tools, secRunTimeout, "run", "--id", id, bundle)
+	}
+	cold := run("rlcold", nil)
+	warm := run("rlwarm", []string{"json"})
+	if cold.code != 0 || warm.code != 0 {
+		t.Fatalf("runs failed:\ncold %s\nwarm %s", cold, warm)
+	}
+	warmUsed(t, warm)
+	if !strings.Contains(string(warm.stdout), "preloaded: True") {
+		t.Fatalf("the rootless member did not start warm:\n%s", warm.stdout)
+	}
+	for _, want := range []string{"status.CapEff: 0000000000000000", "status.NoNewPrivs: 1", "status.Seccomp: 2", "status.Seccomp_filters: 2", "pids: ['1']", "uid_map: 0 0 1"} {
+		if !strings.Contains(string(warm.stdout), want) {
+			t.Errorf("rootless warm member: no %q in its report:\n%s", want, warm.stdout)
+		}
+	}
+	coldOut := strings.ReplaceAll(string(cold.stdout), "rlcold", "X")
+	warmOut := strings.ReplaceAll(string(warm.stdout), "rlwarm", "X")
+	if d := warmDiff(warmIDs(coldOut), warmIDs(warmOut), "uid_map", "gid_map", "status.Seccomp_filters", "preloaded"); len(d) > 0 {
+		t.Errorf("the rootless warm member's sandbox differs from the cold one's (%d lines):\n    %s", len(d), strings.Join(d, "\n    "))
+	}
+	if entries, _ := os.ReadDir(filepath.Join(u.root(), "warm")); len(entries) > 0 {
+		t.Errorf("warm templates left after the group ended: %v", entries)
+	}
+}
+
+// warmIDs replaces the random part of container ids (secID) in a report.
+func warmIDs(s string) string {
+	return regexp.MustCompile(`X-[0-9]+-[0-9]+`).ReplaceAllString(s, "ID")
 }

@@ -17,6 +17,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/pyisolate/pyisolate-oci/runtime/warm"
 	"os"
 	"path/filepath"
 	"sort"
@@ -52,6 +53,9 @@ func main() {
 	name := filepath.Base(os.Args[0])
 	// "bwrap init ..." is a bwrap command line running a program called
 	// init, unless libcontainer started it (its init pipe is set).
+	if len(os.Args) > 1 && os.Args[1] == warm.FilterHelperArg {
+		warm.FilterHelper() // never returns
+	}
 	if len(os.Args) > 1 && os.Args[1] == "init" && (name != BwrapName || os.Getenv("_LIBCONTAINER_INITPIPE") != "") {
 		containerInit() // never returns
 	}

@@ -242,7 +242,7 @@ func templateSpec(r *runtime.Runtime, s *specs.Spec, t *template, memberID strin
 		if ts.Linux.CgroupsPath != "" {
 			ts.Linux.CgroupsPath = filepath.Join(filepath.Dir(ts.Linux.CgroupsPath), t.id)
 		}
-		if ts.Linux.Resources != nil {
+		if ts.Linux.Resources != nil && ts.Linux.Resources.Pids != nil {
 			pids := int64(templatePids)
 			ts.Linux.Resources.Pids = &specs.LinuxPids{Limit: &pids}
 		}

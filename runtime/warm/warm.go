@@ -27,15 +27,24 @@
 //     as a cold start does (mounts, /proc, masked paths, cgroup, hostname,
 //     sysctls, devices, network), except that it joins G's user and pid
 //     namespaces. That container's init is never started.
-//  4. The runtime moves G into the container's cgroups, applies the
-//     process's rlimits and oom_score_adj to it, and copies the seccomp
-//     filter libcontainer loaded into the container's init
-//     (PTRACE_SECCOMP_GET_FILTER), then kills that init.
+//  4. The runtime copies the seccomp filter libcontainer loaded into the
+//     container's init (PTRACE_SECCOMP_GET_FILTER, which needs
+//     CAP_SYS_ADMIN). Rootless, it runs this binary as FilterHelper under
+//     ptrace instead, which builds the same profile with libcontainer, and
+//     reads the program from the seccomp system call's argument before the
+//     call is made (the test compares the two byte for byte).
 //  5. G receives the namespaces (mnt, uts, ipc, net, cgroup) and its stdio
 //     as file descriptors, enters them with setns, sets its ids, drops every
 //     capability (bounding and ambient too), sets no_new_privs, installs the
-//     copied filter last, closes every other descriptor, and runs the
-//     command line as `python ARGS` would.
+//     copied filter last, and says so. The runtime then kills the
+//     container's init, moves G into the container's cgroups, applies the
+//     process's rlimits and oom_score_adj, and says go: G closes every
+//     other descriptor and runs the command line as `python ARGS` would.
+//
+// Rootless, /proc/PID/ns of libcontainer's init cannot be opened (the init
+// is not dumpable, and its memory belongs to the host's user namespace), so
+// the member's container is started with a blocker process (the
+// interpreter, waiting on stdin) whose namespaces are opened instead.
 //
 // What differs from a cold member, and why: G's user and pid namespaces are
 // children of the template's (NSpid has one more level; uid_map, read from
@@ -53,9 +62,13 @@
 // template's pages copy-on-write. The fork costs 25 to 40 ms, most of it
 // libcontainer creating the member's container.
 //
+// A template and its members share a pid namespace tree: a template that
+// dies (killed, out of memory) takes its live members with it; they end as
+// killed by SIGKILL, and the next member starts a new template.
+//
 // When a template cannot serve (the request is not one it can replicate,
-// the template died or failed to import, rootless, any step above fails
-// before the extension's code runs), Run returns an error that says so and
+// the template died or failed to import, any step above fails before the
+// extension's code runs), Run returns an error that says so and
 // has started nothing: the face then starts the member cold, and says it.
 package warm
 
@@ -65,6 +78,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -78,6 +92,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
@@ -153,8 +168,6 @@ func Eligible(s *specs.Spec, m *spec.Manifest) string {
 	switch {
 	case m == nil || len(m.Preload) == 0:
 		return "the manifest has no preload list"
-	case runtime.Rootless():
-		return "rootless: copying the sandbox's seccomp filter into a forked process needs CAP_SYS_ADMIN (PTRACE_SECCOMP_GET_FILTER)"
 	case s.Process == nil || s.Linux == nil:
 		return "the spec has no process"
 	case s.Process.Terminal:
@@ -198,11 +211,21 @@ func Eligible(s *specs.Spec, m *spec.Manifest) string {
 	if !user || !pid {
 		return "the sandbox has no user or pid namespace of its own"
 	}
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Path != "" {
+			// G may enter only namespaces its own user namespace owns.
+			return fmt.Sprintf("the sandbox joins the %s namespace %s, which a forked member cannot enter", ns.Type, ns.Path)
+		}
+	}
 	if sc := s.Linux.Seccomp; sc != nil && sc.ListenerPath != "" {
 		return "the seccomp profile has a listener"
 	}
 	return ""
 }
+
+// nsNames are the namespaces G enters from the member's container (user
+// and pid are its own, made by the fork).
+var nsNames = []string{"mnt", "uts", "ipc", "net", "cgroup"}
 
 // pythonName matches the file names of Python interpreters.
 var pythonName = regexp.MustCompile(`^python[0-9.]*$`)
@@ -255,8 +278,27 @@ func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *s
 	if err != nil {
 		return nil, err
 	}
-	ds := doorSpec(s, gpid)
-	door, err := r.Create(ctx, id, ds, runtime.CreateOptions{Bundle: o.Bundle})
+	rootless := runtime.Rootless()
+	ds := doorSpec(s, gpid, rootless)
+	copts := runtime.CreateOptions{Bundle: o.Bundle}
+	var holdW, readyR *os.File
+	if rootless {
+		// The container's process is a blocker (see doorSpec): it says it
+		// runs on stdout, and ends when its stdin closes.
+		var holdR, readyW *os.File
+		if holdR, holdW, err = os.Pipe(); err != nil {
+			return nil, err
+		}
+		defer holdR.Close()
+		defer holdW.Close()
+		if readyR, readyW, err = os.Pipe(); err != nil {
+			return nil, err
+		}
+		defer readyR.Close()
+		defer readyW.Close()
+		copts.Stdin, copts.Stdout, copts.Stderr = holdR, readyW, o.Stderr
+	}
+	door, err := quietly(func() (*runtime.Container, error) { return r.Create(ctx, id, ds, copts) })
 	if err != nil {
 		return nil, fmt.Errorf("create the member's container: %w", err)
 	}
@@ -265,35 +307,85 @@ func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *s
 			_ = door.Delete(context.WithoutCancel(ctx), true)
 		}
 	}()
-	dpid := door.InitPID()
-	var filter []byte
-	if s.Linux.Seccomp != nil {
-		if filter, err = copySeccompFilter(dpid); err != nil {
+	if rootless {
+		if err := door.Start(ctx); err != nil {
 			return nil, err
 		}
+		if err := readyR.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			return nil, err
+		}
+		if _, err := io.ReadFull(readyR, make([]byte, 1)); err != nil {
+			return nil, fmt.Errorf("the member's container did not start: %w", err)
+		}
 	}
-	names := []string{"mnt", "uts", "ipc", "net", "cgroup"}
+	dpid := door.InitPID()
+	// G enters the container's namespaces by descriptors of them, which
+	// this process opens: as root from the created init; rootless that
+	// needs a process exec'd in G's user namespace (libcontainer's init is
+	// not dumpable, and /proc/PID/ns of a process that is not dumpable
+	// needs CAP_SYS_PTRACE), hence the blocker.
 	var fds []int
 	defer func() {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
 	}()
-	for _, n := range names {
+	for _, n := range nsNames {
 		fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/%s", dpid, n), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, fmt.Errorf("open namespace %s of the member's container: %w", n, err)
 		}
 		fds = append(fds, fd)
 	}
-	// The container's init has done its work (its namespaces are held by
-	// the descriptors): it goes before G joins its cgroup (libcontainer
-	// would kill the whole cgroup of a container without a pid namespace
-	// of its own) and before the member's code runs beside it.
+	var filter []byte
+	if sc := s.Linux.Seccomp; sc != nil {
+		if runtime.Rootless() {
+			filter, err = compileSeccompFilter(ctx, sc)
+		} else {
+			filter, err = copySeccompFilter(dpid)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	req := map[string]any{
+		"ns": nsNames, "args": s.Process.Args, "env": s.Process.Env, "cwd": s.Process.Cwd,
+		"uid": s.Process.User.UID, "gid": s.Process.User.GID, "groups": gids(s.Process.User.AdditionalGids),
+		"umask": umask(s.Process.User.Umask), "seccomp": hex.EncodeToString(filter),
+	}
+	msg, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	send := slices.Clone(fds)
+	for _, f := range []*os.File{o.Stdin, o.Stdout, o.Stderr} {
+		if f == nil {
+			if f, err = os.Open(os.DevNull); err != nil {
+				return nil, err
+			}
+			defer f.Close()
+		}
+		send = append(send, int(f.Fd()))
+	}
+	if _, _, err := conn.WriteMsgUnix(msg, unix.UnixRights(send...), nil); err != nil {
+		return nil, fmt.Errorf("send the sandbox to the member: %w", err)
+	}
+	reply, err := readMsg(conn)
+	if err != nil {
+		return nil, fmt.Errorf("member: %w", err)
+	}
+	if string(reply) != "ok" {
+		return nil, fmt.Errorf("member could not enter its sandbox: %s", reply)
+	}
+	// G is in the sandbox and waits for "go". The container's init has
+	// done its work: it goes before the member's code runs beside it, and
+	// before G joins the cgroup (waiting for the init of a container
+	// without a pid namespace of its own, libcontainer kills every process
+	// of its cgroup).
 	if err := unix.Kill(dpid, unix.SIGKILL); err != nil {
 		return nil, fmt.Errorf("end the init of the member's container: %w", err)
 	}
-	if _, err := door.Wait(ctx); err != nil {
+	if _, err := quietly(func() (runtime.ExitStatus, error) { return door.Wait(ctx) }); err != nil {
 		return nil, err
 	}
 	if err := door.AdoptProcess(gpid); err != nil {
@@ -303,34 +395,8 @@ func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *s
 		return nil, err
 	}
 	oom, _ := door.OOMKills()
-	req := map[string]any{
-		"ns": names, "args": s.Process.Args, "env": s.Process.Env, "cwd": s.Process.Cwd,
-		"uid": s.Process.User.UID, "gid": s.Process.User.GID, "groups": gids(s.Process.User.AdditionalGids),
-		"umask": umask(s.Process.User.Umask), "seccomp": hex.EncodeToString(filter),
-	}
-	msg, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	var stdio []int
-	for _, f := range []*os.File{o.Stdin, o.Stdout, o.Stderr} {
-		if f == nil {
-			if f, err = os.Open(os.DevNull); err != nil {
-				return nil, err
-			}
-			defer f.Close()
-		}
-		stdio = append(stdio, int(f.Fd()))
-	}
-	if _, _, err := conn.WriteMsgUnix(msg, unix.UnixRights(append(slices.Clone(fds), stdio...)...), nil); err != nil {
-		return nil, fmt.Errorf("send the sandbox to the member: %w", err)
-	}
-	reply, err := readMsg(conn)
-	if err != nil {
+	if _, err := conn.Write([]byte("go")); err != nil {
 		return nil, fmt.Errorf("member: %w", err)
-	}
-	if string(reply) != "ok" {
-		return nil, fmt.Errorf("member could not enter its sandbox: %s", reply)
 	}
 	if o.Started != nil {
 		o.Started(gpid)
@@ -399,9 +465,16 @@ func (m *member) wait(ctx context.Context) (st runtime.ExitStatus, err error) {
 	return st, nil
 }
 
-// doorSpec is member spec s joining G's user and pid namespaces.
-func doorSpec(s *specs.Spec, gpid int) *specs.Spec {
+// doorSpec is member spec s joining G's user and pid namespaces. With
+// blocker its process is the interpreter waiting on stdin after it wrote one
+// byte to stdout, for a rootless runtime (see start).
+func doorSpec(s *specs.Spec, gpid int, blocker bool) *specs.Spec {
 	ds := *s
+	if blocker {
+		p := *s.Process
+		p.Args = []string{s.Process.Args[0], "-S", "-I", "-c", "import os; os.write(1, b'r'); os.read(0, 1)"}
+		ds.Process = &p
+	}
 	l := *s.Linux
 	l.Namespaces = slices.Clone(l.Namespaces)
 	for i, ns := range l.Namespaces {
@@ -418,13 +491,35 @@ func doorSpec(s *specs.Spec, gpid int) *specs.Spec {
 	return &ds
 }
 
+// quietly runs fn with libcontainer's warnings off: joining a pid namespace
+// makes it warn that killing the container's processes is not reliable
+// (true of any joined pid namespace, and why the member is killed by its pid
+// and its template's helper instead).
+func quietly[T any](fn func() (T, error)) (T, error) {
+	lvl := logrus.GetLevel()
+	if lvl >= logrus.WarnLevel {
+		logrus.SetLevel(logrus.ErrorLevel)
+		defer logrus.SetLevel(lvl)
+	}
+	return fn()
+}
+
 // writeMaps writes the uid and gid maps of C's new user namespace from
 // inside the template's: root of the template's namespace, as many ids as
 // the sandbox maps.
 func writeMaps(tplPID, cpid int, s *specs.Spec) error {
 	um, gm := s.Linux.UIDMappings[0], s.Linux.GIDMappings[0]
 	script := fmt.Sprintf("echo '0 0 %d' > /proc/%d/uid_map && echo '0 0 %d' > /proc/%d/gid_map", um.Size, cpid, gm.Size, cpid)
-	cmd := exec.Command("nsenter", "--user=/proc/"+strconv.Itoa(tplPID)+"/ns/user", "--", "/bin/sh", "-c", script)
+	args := []string{"--user=/proc/" + strconv.Itoa(tplPID) + "/ns/user"}
+	if runtime.Rootless() {
+		// The caller is already the namespace's root, and a rootless
+		// namespace denies setgroups, which nsenter would call.
+		args = append(args, "--preserve-credentials")
+	}
+	// As host root nsenter becomes the namespace's root (uid 0 inside):
+	// host uid 0 is not mapped there and would lose its capabilities in the
+	// exec of the shell.
+	cmd := exec.Command("nsenter", append(args, "--", "/bin/sh", "-c", script)...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("map the member's user namespace (nsenter): %v: %s", err, strings.TrimSpace(string(out)))
 	}

@@ -65,7 +65,9 @@ def enter(sock):
     for name, fd in zip(names, nsfds):
         check(libc.setns(fd, NS_FLAGS[name]), "setns " + name)
         os.close(fd)
-    os.setgroups(req.get("groups", []))
+    groups = req.get("groups", [])
+    if sorted(os.getgroups()) != sorted(groups):
+        os.setgroups(groups)  # rootless namespaces deny it; their list is already empty
     os.setresgid(req["gid"], req["gid"], req["gid"])
     os.setresuid(req["uid"], req["uid"], req["uid"])
     for i, fd in enumerate(stdio[:3]):
@@ -126,6 +128,10 @@ def member(sock):
         finally:
             os._exit(127)
     sock.send(b"ok")
+    # The runtime ends the container's init and puts this process in the
+    # container's cgroup, then says go.
+    if sock.recv(64) != b"go":
+        os._exit(127)
     sock.close()
     os.closerange(3, 1 << 16)
     try:
@@ -164,8 +170,10 @@ def serve(conn):
     for fd in fds:
         os.close(fd)
     reply = a.recv(MAX_MSG)
-    a.close()
     conn.send(reply or b"error: the member exited before it entered its sandbox")
+    if reply == b"ok":
+        a.send(conn.recv(64))  # "go", or nothing when the runtime gave up
+    a.close()
 
     # The runtime's end of the connection closes when it dies: the member
     # dies with it (bwrap's --die-with-parent). No thread: a process may not
