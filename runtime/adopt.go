@@ -11,13 +11,27 @@ import (
 // did not start (a warm-started extension, forked from a template) into a
 // container it created.
 
-// AdoptProcess moves process pid (a host pid) into every cgroup of the
-// container, as libcontainer puts the container's own init there. The
-// container must not be deleted while the process lives.
+// AdoptProcess makes process pid (a host pid, which this runtime did not
+// start) the container's process in place of its init, which must be gone:
+// it moves it into every cgroup of the container, as libcontainer puts the
+// init there, and records it, so that State reports the container running
+// with it as init, and Signal and Delete reach it.
 func (c *Container) AdoptProcess(pid int) error {
 	st, err := c.lc.State()
 	if err != nil {
 		return fmt.Errorf("container %s: adopt process %d: %w", c.ID(), pid, err)
+	}
+	start, _, ok := procStartTime(pid)
+	if !ok {
+		return fmt.Errorf("container %s: adopt process %d: it does not exist", c.ID(), pid)
+	}
+	x, err := c.rt.readExtraState(c.ID())
+	if err != nil {
+		return err
+	}
+	x.Adopted = &adoptedProcess{PID: pid, StartTime: start}
+	if err := c.rt.writeExtraState(c.ID(), x); err != nil {
+		return err
 	}
 	for _, dir := range st.CgroupPaths {
 		if dir == "" {
@@ -45,4 +59,13 @@ func (c *Container) InitPID() int {
 		return 0
 	}
 	return st.InitProcessPid
+}
+
+// adopted returns the container's live adopted process, or nil.
+func (c *Container) adopted() *adoptedProcess {
+	x, err := c.rt.readExtraState(c.ID())
+	if err != nil || !x.Adopted.alive() {
+		return nil
+	}
+	return x.Adopted
 }

@@ -37,10 +37,15 @@ const SeccompEnabled = seccomp.Enabled
 
 // isReservedID reports whether name is a directory of the state root that
 // is not a container: the empty root filesystems, the isolation groups, the
-// id reservations and the staged bind sources.
+// id reservations, the staged bind sources and the warm-start templates.
 func isReservedID(name string) bool {
-	return name == rootfsDir || name == GroupsDir || name == locksDir || name == bindsDir
+	return name == rootfsDir || name == GroupsDir || name == locksDir || name == bindsDir || name == WarmDir
 }
+
+// WarmDir is the subdirectory of the state root holding warm-start
+// templates' directories (package runtime/warm); it is also a reserved
+// container id.
+const WarmDir = "warm"
 
 // errNoDevices says that the binary lacks libcontainer's device cgroup
 // backend (see container_devices.go).
@@ -340,6 +345,16 @@ func (c *Container) Signal(sig syscall.Signal, all bool) error {
 }
 
 func (c *Container) signal(sig syscall.Signal, all bool) error {
+	if a := c.adopted(); a != nil {
+		// A warm-started member: its process is pid 1 of its own pid
+		// namespace, whose other processes die with it on SIGKILL.
+		if err := unix.Kill(a.PID, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+			return err
+		}
+		if !all || sig == unix.SIGKILL {
+			return nil
+		}
+	}
 	cfg := c.lc.Config()
 	if !all || (sig == unix.SIGKILL) {
 		// SIGKILL of a PID namespace's init kills the whole namespace;
@@ -376,6 +391,15 @@ func (c *Container) delete(ctx context.Context, force bool) error {
 	status, err := c.lc.Status()
 	if err != nil {
 		return err
+	}
+	if a := c.adopted(); a != nil && status == libcontainer.Stopped {
+		if !force {
+			return errors.New("container is running (use force)")
+		}
+		_ = unix.Kill(a.PID, unix.SIGKILL)
+		if err := waitPidExit(ctx, a.PID, func() bool { return !a.alive() }); err != nil {
+			return err
+		}
 	}
 	switch status {
 	case libcontainer.Stopped:

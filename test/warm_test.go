@@ -474,3 +474,57 @@ func TestWarmRootless(t *testing.T) {
 func warmIDs(s string) string {
 	return regexp.MustCompile(`X-[0-9]+-[0-9]+`).ReplaceAllString(s, "ID")
 }
+
+// TestWarmLifecycle: a warm member is a container like any other to ps and
+// kill: running, with its process as init, and killed by kill.
+func TestWarmLifecycle(t *testing.T) {
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	fx := newSecFixture(t, tools)
+	id := secID("warmlife")
+	t.Cleanup(func() {
+		secCheckNoLeaks(t, fx.root, fx.base, id)
+		warmCheckNoTemplates(t, fx.root)
+	})
+	ready := filepath.Join(fx.work, "life-ready")
+	done := make(chan secRunResult, 1)
+	go func() {
+		done <- warmRun(t, tools, fx, filepath.Join(fx.base, "life"), id,
+			warmManifest(fx, "import time; open("+strconv.Quote(ready)+", 'w').close(); time.sleep(30)", []string{"json"}))
+	}()
+	for i := 0; i < 400; i++ {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	ps := secExec(secRunTimeout, nil, nil, tools.pyisolate, "ps", "--root", fx.root, "--json")
+	var list []struct {
+		ID      string `json:"id"`
+		Status  string `json:"status"`
+		InitPID int    `json:"pid"`
+	}
+	if err := json.Unmarshal(ps.stdout, &list); err != nil {
+		t.Fatalf("ps --json: %v: %s", err, ps)
+	}
+	found := false
+	for _, c := range list {
+		if c.ID != id {
+			continue
+		}
+		found = true
+		status, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(c.InitPID), "status"))
+		if c.Status != "running" || !regexp.MustCompile(`NSpid:\t[0-9]+\t[0-9]+\t1\n`).Match(status) {
+			t.Errorf("ps: %+v; its process's status:\n%s", c, status)
+		}
+	}
+	if !found {
+		t.Fatalf("ps does not list the warm member %s: %s", id, ps.stdout)
+	}
+	if k := secExec(secRunTimeout, nil, nil, tools.pyisolate, "kill", "--root", fx.root, id, "KILL"); k.code != 0 {
+		t.Fatalf("kill: %s", k)
+	}
+	if r := <-done; r.code != 137 {
+		t.Errorf("the killed warm member's run: %s, want exit 137", r)
+	}
+}

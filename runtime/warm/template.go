@@ -29,7 +29,7 @@ var zygoteSource string
 const (
 	// warmDir is the directory under the state root that holds one
 	// directory per template (its socket, log and record).
-	warmDir = "warm"
+	warmDir = runtime.WarmDir
 	// templateMount is where a template sees its directory.
 	templateMount = "/run/pyisolate-warm"
 	// socketName is the zygote's listening socket in that directory.
