@@ -278,6 +278,9 @@ func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *s
 	if err != nil {
 		return nil, err
 	}
+	if err := checkFresh(gpid, t.initPID); err != nil {
+		return nil, err
+	}
 	rootless := runtime.Rootless()
 	ds := doorSpec(s, gpid, rootless)
 	copts := runtime.CreateOptions{Bundle: o.Bundle}
@@ -537,6 +540,34 @@ func onlyChild(cpid int) (int, error) {
 		return 0, fmt.Errorf("find the member's process: template helper %d has children %q", cpid, f)
 	}
 	return strconv.Atoi(f[0])
+}
+
+// checkFresh checks that G (host pid gpid) is pid 1 of a pid namespace and
+// in a user namespace of its own, not the template's (tplPID): the
+// template's processes run the venv's code at import, and the container is
+// built only on namespaces the fork just made.
+func checkFresh(gpid, tplPID int) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", gpid))
+	if err != nil {
+		return fmt.Errorf("the member's process: %w", err)
+	}
+	nspid := ""
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "NSpid:"); ok {
+			nspid = strings.TrimSpace(v)
+		}
+	}
+	if f := strings.Fields(nspid); len(f) < 2 || f[len(f)-1] != "1" {
+		return fmt.Errorf("the member's process %d is not pid 1 of a pid namespace of its own (NSpid %q)", gpid, nspid)
+	}
+	for _, ns := range []string{"user", "pid"} {
+		g, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", gpid, ns))
+		tp, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", tplPID, ns))
+		if err1 != nil || err2 != nil || g == tp {
+			return fmt.Errorf("the member's process %d has no %s namespace of its own", gpid, ns)
+		}
+	}
+	return nil
 }
 
 // applyProcessLimits sets p's rlimits and oom_score_adj on process pid, as
