@@ -49,6 +49,13 @@ type benchLaunch func(i int) *exec.Cmd
 // benchStartBurst launches n sandboxes at once and measures them.
 func benchStartBurst(b *testing.B, n int, launch benchLaunch) benchBurst {
 	b.Helper()
+	return benchStartBurstThen(b, n, launch, nil)
+}
+
+// benchStartBurstThen is benchStartBurst calling whenUp, when not nil, once
+// all are up (or the deadline passed), before they are told to exit.
+func benchStartBurstThen(b *testing.B, n int, launch benchLaunch, whenUp func()) benchBurst {
+	b.Helper()
 	type result struct {
 		d   time.Duration
 		err error
@@ -103,6 +110,9 @@ func benchStartBurst(b *testing.B, n int, launch benchLaunch) benchBurst {
 	case <-time.After(5 * time.Minute):
 	}
 	total := time.Since(t0)
+	if whenUp != nil {
+		whenUp()
+	}
 	for _, in := range stdins {
 		in.Close()
 	}
