@@ -8,6 +8,7 @@ package test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -257,6 +258,9 @@ print("shared_writable", [l.split()[-1] for l in open("/proc/self/maps") if l.sp
 # is visible here: every pid but 1 fails, and ptrace is refused outright.
 r = libc.syscall(ctypes.c_long(101), ctypes.c_long(16), ctypes.c_long(1), 0, 0)
 print("ptrace_attach_1", os.strerror(ctypes.get_errno()) if r < 0 else "ok")
+# The template's environment block, which every member's memory holds,
+# carries nothing of a member's own environment.
+print("environ_secret", b"secret-" in open("/proc/self/environ", "rb").read(), os.environ["MEMBER_SECRET"])
 sys.stdout.flush()
 time.sleep(1.5)
 `
@@ -276,7 +280,9 @@ time.sleep(1.5)
 			if i == 1 {
 				time.Sleep(300 * time.Millisecond)
 			}
-			res[i] = warmRun(t, tools, fx, filepath.Join(fx.base, id), id, warmManifest(fx, code, []string{"json"}))
+			m := warmManifest(fx, code, []string{"json"})
+			m["env"] = map[string]string{"MEMBER_SECRET": fmt.Sprintf("secret-%d", i)}
+			res[i] = warmRun(t, tools, fx, filepath.Join(fx.base, id), id, m)
 		}()
 	}
 	wg.Wait()
@@ -286,7 +292,8 @@ time.sleep(1.5)
 		}
 		warmUsed(t, r)
 		out := string(r.stdout)
-		for _, want := range []string{"pids ['1']", "shared_writable []", "ptrace_attach_1 Operation not permitted"} {
+		for _, want := range []string{"pids ['1']", "shared_writable []", "ptrace_attach_1 Operation not permitted",
+			fmt.Sprintf("environ_secret False secret-%d", i)} {
 			if !strings.Contains(out, want) {
 				t.Errorf("member %d: no %q in:\n%s", i, want, out)
 			}

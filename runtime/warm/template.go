@@ -58,8 +58,9 @@ type Key struct {
 	Venv string `json:"venv"`
 	// Preload is the manifest's preload list, in its order.
 	Preload []string `json:"preload"`
-	// PythonEnv are the PYTHON* variables of the process environment,
-	// sorted: they change how the interpreter starts.
+	// PythonEnv are the variables of the process environment that change
+	// how the interpreter starts (templateEnv), sorted; the template gets
+	// these and no others.
 	PythonEnv []string `json:"python_env"`
 	// UIDMap is the sandbox's uid mapping (host view).
 	UIDMap []specs.LinuxIDMapping `json:"uid_map"`
@@ -70,17 +71,30 @@ func KeyOf(s *specs.Spec, m *spec.Manifest, group string) Key {
 	k := Key{Group: group, Venv: m.Venv, Preload: slices.Clone(m.Preload)}
 	if s.Process != nil && len(s.Process.Args) > 0 {
 		k.Python = s.Process.Args[0]
-		for _, kv := range s.Process.Env {
-			if strings.HasPrefix(kv, "PYTHON") {
-				k.PythonEnv = append(k.PythonEnv, kv)
-			}
-		}
-		slices.Sort(k.PythonEnv)
+		k.PythonEnv = templateEnv(s.Process.Env)
 	}
 	if s.Linux != nil {
 		k.UIDMap = s.Linux.UIDMappings
 	}
 	return k
+}
+
+// templateEnv returns the variables of env that change how the interpreter
+// starts (PATH, HOME, LANG, LC_*, PYTHON*), sorted. A template runs with
+// these only: its environment block stays in the memory of every member
+// forked from it (/proc/PID/environ), so it must hold nothing of one
+// member's that another should not see; a member's own environment is
+// set in os.environ.
+func templateEnv(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if k == "PATH" || k == "HOME" || k == "LANG" || strings.HasPrefix(k, "LC_") || strings.HasPrefix(k, "PYTHON") {
+			out = append(out, kv)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Hash returns the key's hash, which names the template's directory and
@@ -224,7 +238,7 @@ func templateSpec(r *runtime.Runtime, s *specs.Spec, t *template, memberID strin
 		return nil, err
 	}
 	ts.Process.Args = []string{t.key.Python, "-c", zygoteSource, templateMount + "/" + socketName}
-	ts.Process.Env = append(slices.Clone(ts.Process.Env), "PYISOLATE_WARM_PRELOAD="+strings.Join(t.key.Preload, ","))
+	ts.Process.Env = append(slices.Clone(t.key.PythonEnv), "PYISOLATE_WARM_PRELOAD="+strings.Join(t.key.Preload, ","))
 	ts.Process.Cwd = "/"
 	ts.Mounts = append(ts.Mounts, specs.Mount{
 		Destination: templateMount, Type: "bind", Source: t.dir,

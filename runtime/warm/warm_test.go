@@ -82,7 +82,7 @@ func TestEligible(t *testing.T) {
 func TestKey(t *testing.T) {
 	m := &spec.Manifest{Preload: []string{"torch", "numpy"}, Venv: "/v"}
 	base := KeyOf(memberSpec(), m, "g")
-	if base.Python != "/usr/bin/python3" || !slices.Equal(base.PythonEnv, []string{"PYTHONUNBUFFERED=1"}) {
+	if base.Python != "/usr/bin/python3" || !slices.Equal(base.PythonEnv, []string{"HOME=/tmp", "PATH=/usr/bin", "PYTHONUNBUFFERED=1"}) {
 		t.Fatalf("key %+v", base)
 	}
 	// What does not change the interpreter's start does not change the key.
@@ -124,7 +124,7 @@ func TestTemplateSpec(t *testing.T) {
 	if got := ts.Process.Args; len(got) != 4 || got[1] != "-c" || got[2] != zygoteSource || got[3] != "/run/pyisolate-warm/zygote.sock" {
 		t.Errorf("template args %q", got[:2])
 	}
-	if !slices.Contains(ts.Process.Env, "PYISOLATE_WARM_PRELOAD=torch") {
+	if !slices.Equal(ts.Process.Env, []string{"HOME=/tmp", "PATH=/usr/bin", "PYTHONUNBUFFERED=1", "PYISOLATE_WARM_PRELOAD=torch"}) {
 		t.Errorf("template env %q", ts.Process.Env)
 	}
 	if ts.Root.Path == s.Root.Path || filepath.Base(ts.Root.Path) != tpl.id {
