@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -505,28 +506,13 @@ func TestWarmLifecycle(t *testing.T) {
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
-	ps := secExec(secRunTimeout, nil, nil, tools.pyisolate, "ps", "--root", fx.root, "--json")
-	var list []struct {
-		ID      string `json:"id"`
-		Status  string `json:"status"`
-		InitPID int    `json:"pid"`
+	c := warmState(t, tools, fx.root, id)
+	if c.ID == "" {
+		t.Fatalf("ps does not list the warm member %s", id)
 	}
-	if err := json.Unmarshal(ps.stdout, &list); err != nil {
-		t.Fatalf("ps --json: %v: %s", err, ps)
-	}
-	found := false
-	for _, c := range list {
-		if c.ID != id {
-			continue
-		}
-		found = true
-		status, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(c.InitPID), "status"))
-		if c.Status != "running" || !regexp.MustCompile(`NSpid:\t[0-9]+\t[0-9]+\t1\n`).Match(status) {
-			t.Errorf("ps: %+v; its process's status:\n%s", c, status)
-		}
-	}
-	if !found {
-		t.Fatalf("ps does not list the warm member %s: %s", id, ps.stdout)
+	status, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(c.InitPID), "status"))
+	if c.Status != "running" || !regexp.MustCompile(`NSpid:\t[0-9]+\t[0-9]+\t1\n`).Match(status) {
+		t.Errorf("ps: %+v; its process's status:\n%s", c, status)
 	}
 	if k := secExec(secRunTimeout, nil, nil, tools.pyisolate, "kill", "--root", fx.root, id, "KILL"); k.code != 0 {
 		t.Fatalf("kill: %s", k)
@@ -534,4 +520,128 @@ func TestWarmLifecycle(t *testing.T) {
 	if r := <-done; r.code != 137 {
 		t.Errorf("the killed warm member's run: %s, want exit 137", r)
 	}
+}
+
+// TestWarmLimits: a warm member is held by its container's cgroup as a cold
+// one is: over its 64Mi memory limit it is killed (exit 137, "out of
+// memory"); it cannot have more processes than its pids limit.
+func TestWarmLimits(t *testing.T) {
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	fx := newSecFixture(t, tools)
+	var ids []string
+	t.Cleanup(func() {
+		for _, id := range ids {
+			secCheckNoLeaks(t, fx.root, fx.base, id)
+		}
+		warmCheckNoTemplates(t, fx.root)
+	})
+	run := func(name, code string, limits map[string]any) secRunResult {
+		m := warmManifest(fx, code, []string{"json"})
+		m["limits"] = limits
+		id := secID(name)
+		ids = append(ids, id)
+		r := warmRun(t, tools, fx, filepath.Join(fx.base, name), id, m)
+		warmUsed(t, r)
+		return r
+	}
+	r := run("warmoom", "import sys; x = b'x' * (512 << 20); print('allocated', len(x)); sys.exit(3)",
+		map[string]any{"memory": "64Mi", "pids": 64})
+	if r.code != 137 || !strings.Contains(strings.ToLower(string(r.stderr)), "out of memory") || strings.Contains(string(r.stdout), "allocated") {
+		t.Errorf("a warm member over its 64Mi limit: %s; want exit 137 and out of memory", r)
+	}
+	r = run("warmpids", `
+import os, time
+n = 0
+for i in range(40):
+    try:
+        if os.fork() == 0:
+            time.sleep(5)
+            os._exit(0)
+        n += 1
+    except OSError as e:
+        print("fork failed", e.errno)
+        break
+print("forked", n)
+`, map[string]any{"memory": "256Mi", "pids": 16})
+	out := string(r.stdout)
+	if r.code != 0 || !strings.Contains(out, "fork failed 11") {
+		t.Errorf("a warm member with pids 16 forked freely: %s", r)
+	}
+}
+
+// TestWarmDiesWithRunner: SIGKILL of `pyisolate run` ends its warm member
+// at once (the template's helper sees the connection close), and the next
+// run reclaims its container.
+func TestWarmDiesWithRunner(t *testing.T) {
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	fx := newSecFixture(t, tools)
+	id, next := secID("warmorphan"), secID("warmnext")
+	t.Cleanup(func() {
+		secCheckNoLeaks(t, fx.root, fx.base, id)
+		secCheckNoLeaks(t, fx.root, fx.base, next)
+		warmCheckNoTemplates(t, fx.root)
+	})
+	ready := filepath.Join(fx.work, "orphan-ready")
+	bundle := filepath.Join(fx.base, "orphan")
+	if err := os.MkdirAll(bundle, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeManifest(t, bundle, warmManifest(fx, "import time; open("+strconv.Quote(ready)+", 'w').close(); time.sleep(60)", []string{"json"}))
+	cmd := exec.Command(tools.pyisolate, "run", "--root", fx.root, "--id", id, bundle)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 400; i++ {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	st := warmState(t, tools, fx.root, id)
+	if st.Status != "running" || st.InitPID <= 0 {
+		t.Fatalf("the warm member is not running: %+v", st)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(st.InitPID))); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the warm member (pid %d) outlived its runner by 5 s", st.InitPID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The next run reclaims the orphan's container (and the group, and with
+	// it the template) before it starts.
+	if r := warmRun(t, tools, fx, filepath.Join(fx.base, "next"), next, warmManifest(fx, "print('next-ok')", []string{"json"})); r.code != 0 {
+		t.Fatalf("the next run: %s", r)
+	}
+}
+
+// warmPSEntry is a container as `pyisolate ps --json` lists it.
+type warmPSEntry struct {
+	ID      string `json:"id"`
+	Status  string `json:"status"`
+	InitPID int    `json:"pid"`
+}
+
+// warmState returns container id's entry in `pyisolate ps --json` under
+// root (the zero value when it is not listed).
+func warmState(t *testing.T, tools *secTools, root, id string) warmPSEntry {
+	t.Helper()
+	ps := secExec(secRunTimeout, nil, nil, tools.pyisolate, "ps", "--root", root, "--json")
+	var list []warmPSEntry
+	if err := json.Unmarshal(ps.stdout, &list); err != nil {
+		t.Fatalf("ps --json: %v: %s", err, ps)
+	}
+	for _, c := range list {
+		if c.ID == id {
+			return c
+		}
+	}
+	return warmPSEntry{}
 }
