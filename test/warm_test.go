@@ -348,11 +348,12 @@ func TestWarmFallback(t *testing.T) {
 		// the next member gets a new template.
 		groupID := secID("warmgroup")
 		ids = append(ids, groupID)
-		gready := filepath.Join(fx.work, "group-ready")
+		gready, gstop := filepath.Join(fx.work, "group-ready"), filepath.Join(fx.work, "group-stop")
 		gdone := make(chan secRunResult, 1)
 		go func() {
 			gdone <- warmRun(t, tools, fx, filepath.Join(fx.base, "group"), groupID,
-				warmManifest(fx, "import time; open("+strconv.Quote(gready)+", 'w').close(); time.sleep(3)", nil))
+				warmManifest(fx, "import os, time\nopen("+strconv.Quote(gready)+", 'w').close()\n"+
+					"for i in range(600):\n    if os.path.exists("+strconv.Quote(gstop)+"): break\n    time.sleep(0.1)\n", nil))
 		}()
 		for i := 0; i < 200; i++ {
 			if _, err := os.Stat(gready); err == nil {
@@ -394,6 +395,9 @@ func TestWarmFallback(t *testing.T) {
 		warmUsed(t, r)
 		if !strings.Contains(string(r.stderr), "is not serving (dead or never ready); starting a new one") {
 			t.Errorf("the run after the template died does not say it replaced it: %s", r.stderr)
+		}
+		if err := os.WriteFile(gstop, nil, 0o644); err != nil {
+			t.Fatal(err)
 		}
 		if g := <-gdone; g.code != 0 {
 			t.Errorf("the group's cold member: %s", g)
