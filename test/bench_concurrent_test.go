@@ -141,6 +141,18 @@ func benchStartBurstThen(b *testing.B, n int, launch benchLaunch, whenUp func())
 	return bu
 }
 
+// benchPublish prints a benchmark's table (after the note on which binary
+// ran, when there is one) and writes it to build/<file> in the repository.
+func benchPublish(tools *secTools, file, table string) {
+	if tools.note != "" {
+		table = "note: " + tools.note + "\n" + table
+	}
+	fmt.Print("\n" + table + "\n")
+	if err := os.MkdirAll(filepath.Join(tools.repo, "build"), 0o755); err == nil {
+		_ = os.WriteFile(filepath.Join(tools.repo, "build", file), []byte(table), 0o644)
+	}
+}
+
 // mergeSetpgid puts a runner in its own process group, so that a hung one
 // can be killed with everything it started.
 func mergeSetpgid(a *syscall.SysProcAttr) *syscall.SysProcAttr {
@@ -273,12 +285,7 @@ func BenchmarkConcurrentStart(b *testing.B) {
 		b.ReportMetric(float64(p99)/1e6, key+"-p99-ms")
 	}
 	w.Flush()
-	for _, l := range strings.Split(sb.String(), "\n") {
-		b.Log(l)
-	}
-	if st, err := os.Stat(filepath.Join(tools.repo, "build")); err == nil && st.IsDir() {
-		_ = os.WriteFile(filepath.Join(tools.repo, "build", "bench-concurrent.txt"), []byte(sb.String()), 0o644)
-	}
+	benchPublish(tools, "bench-concurrent.txt", sb.String())
 	// Nothing of the 100 pyisolate containers may be left.
 	for _, l := range secLeaks(root, "", "burst-") {
 		b.Errorf("leak after the bursts: %s", l)

@@ -273,13 +273,7 @@ func BenchmarkHandoff(b *testing.B) {
 	handoffCheckClean(b, e)
 
 	table := handoffTable(rounds, res, notes, hostMem, extMem, limits(0)["shm_size"].(string))
-	if e.tools.note != "" {
-		table = "note: " + e.tools.note + "\n" + table
-	}
-	fmt.Print("\n" + table + "\n")
-	if err := os.MkdirAll(filepath.Join(e.tools.repo, "build"), 0o755); err == nil {
-		_ = os.WriteFile(filepath.Join(e.tools.repo, "build", "bench-handoff.txt"), []byte(table), 0o644)
-	}
+	benchPublish(e.tools, "bench-handoff.txt", table)
 	for _, r := range res {
 		n := handoffSizeName(r.size)
 		b.ReportMetric(handoffMedianMS(r.shm), "shm-"+n+"-ms")

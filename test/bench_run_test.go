@@ -332,14 +332,7 @@ func BenchmarkStart(b *testing.B) {
 	// lines), once: for the final run, not the N=1 probe run before it.
 	bt := flag.Lookup("test.benchtime")
 	if b.N > 1 || (bt != nil && bt.Value.String() == "1x") {
-		table := benchTable(b.N, rts, medians)
-		if tools.note != "" {
-			table = "note: " + tools.note + "\n" + table
-		}
-		fmt.Print("\n" + table + "\n")
-		if st, err := os.Stat(filepath.Join(tools.repo, "build")); err == nil && st.IsDir() {
-			os.WriteFile(filepath.Join(tools.repo, "build", "bench-start.txt"), []byte(table), 0o644)
-		}
+		benchPublish(tools, "bench-start.txt", benchTable(b.N, rts, medians))
 	}
 }
 

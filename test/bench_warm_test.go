@@ -151,12 +151,7 @@ func BenchmarkWarmStart(b *testing.B) {
 		fmt.Fprintln(&sb, "use together (warm: members, template and its helpers). Target: warm ≤ 30 MB per additional extension.")
 	}
 	b.StopTimer()
-	for _, l := range strings.Split(sb.String(), "\n") {
-		b.Log(l)
-	}
-	if st, err := os.Stat(filepath.Join(tools.repo, "build")); err == nil && st.IsDir() {
-		_ = os.WriteFile(filepath.Join(tools.repo, "build", "bench-warm.txt"), []byte(sb.String()), 0o644)
-	}
+	benchPublish(tools, "bench-warm.txt", sb.String())
 	for _, l := range secLeaks(root, "", "bw-") {
 		b.Errorf("leak after the benchmark: %s", l)
 	}

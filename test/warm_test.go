@@ -89,8 +89,57 @@ func warmManifest(fx *secFixture, code string, preload []string) map[string]any 
 	return m
 }
 
-// warmRun runs the bundle with manifest m under id in group and returns the
-// result.
+// warmTest is a warm-start test's tools and fixture; the ids it hands out
+// are checked for leaks, and the state root for templates, when the test
+// ends.
+type warmTest struct {
+	t     *testing.T
+	tools *secTools
+	fx    *secFixture
+	ids   []string
+}
+
+// newWarmTest builds the tools and a fixture (skipping without root).
+func newWarmTest(t *testing.T) *warmTest {
+	t.Helper()
+	tools := secSetup(t)
+	secNeedPyisolate(t, tools)
+	w := &warmTest{t: t, tools: tools, fx: newSecFixture(t, tools)}
+	t.Cleanup(func() {
+		for _, id := range w.ids {
+			secCheckNoLeaks(t, w.fx.root, w.fx.base, id)
+		}
+		warmCheckNoTemplates(t, w.fx.root)
+	})
+	return w
+}
+
+// id returns a new container id made of name.
+func (w *warmTest) id(name string) string {
+	id := secID(name)
+	w.ids = append(w.ids, id)
+	return id
+}
+
+// run runs manifest m from the bundle fx.base/name as a new container.
+func (w *warmTest) run(name string, m map[string]any) secRunResult {
+	return warmRun(w.t, w.tools, w.fx, filepath.Join(w.fx.base, name), w.id(name), m)
+}
+
+// warmWaitFile waits up to 10 s for path to exist (a member says it runs).
+func warmWaitFile(t *testing.T, path string) {
+	t.Helper()
+	for i := 0; i < 400; i++ {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("%s did not appear in 10 s", path)
+}
+
+// warmRun runs the bundle with manifest m under id and returns the result.
+
 func warmRun(t *testing.T, tools *secTools, fx *secFixture, bundle, id string, m map[string]any) secRunResult {
 	t.Helper()
 	if err := os.MkdirAll(bundle, 0o755); err != nil {
@@ -153,15 +202,9 @@ func warmUsed(t *testing.T, r secRunResult) {
 // below the member's own). The filter's effect is compared through the
 // errno of the system calls it decides.
 func TestWarmIdenticalSandbox(t *testing.T) {
-	tools := secSetup(t)
-	secNeedPyisolate(t, tools)
-	fx := newSecFixture(t, tools)
-	coldID, warmID := secID("warmcold"), secID("warmwarm")
-	t.Cleanup(func() {
-		secCheckNoLeaks(t, fx.root, fx.base, coldID)
-		secCheckNoLeaks(t, fx.root, fx.base, warmID)
-		warmCheckNoTemplates(t, fx.root)
-	})
+	w := newWarmTest(t)
+	tools, fx := w.tools, w.fx
+	coldID, warmID := w.id("warmcold"), w.id("warmwarm")
 	cold := warmRun(t, tools, fx, filepath.Join(fx.base, "cold"), coldID, warmManifest(fx, warmReport, nil))
 	if cold.code != 0 {
 		t.Fatalf("cold run: %s", cold)
@@ -198,20 +241,13 @@ func TestWarmIdenticalSandbox(t *testing.T) {
 // TestWarmProbe: the escape probe (test/probe), exec'd by a warm member,
 // reports what it reports in a cold one, line for line.
 func TestWarmProbe(t *testing.T) {
-	tools := secSetup(t)
-	secNeedPyisolate(t, tools)
-	fx := newSecFixture(t, tools)
+	w := newWarmTest(t)
+	fx := w.fx
 	args, _ := json.Marshal(fx.probeArgs(fx.probe))
 	quoted, _ := json.Marshal(string(args)) // a JSON string is a Python string literal here
 	code := "import json, os; a = json.loads(" + string(quoted) + "); os.execv(a[0], a)"
-	coldID, warmID := secID("warmprobecold"), secID("warmprobewarm")
-	t.Cleanup(func() {
-		secCheckNoLeaks(t, fx.root, fx.base, coldID)
-		secCheckNoLeaks(t, fx.root, fx.base, warmID)
-		warmCheckNoTemplates(t, fx.root)
-	})
-	cold := warmRun(t, tools, fx, filepath.Join(fx.base, "cold"), coldID, warmManifest(fx, code, nil))
-	warm := warmRun(t, tools, fx, filepath.Join(fx.base, "warm"), warmID, warmManifest(fx, code, []string{"json"}))
+	cold := w.run("warmprobecold", warmManifest(fx, code, nil))
+	warm := w.run("warmprobewarm", warmManifest(fx, code, []string{"json"}))
 	if cold.code != 0 || warm.code != 0 {
 		t.Fatalf("probe runs failed:\ncold %s\nwarm %s", cold, warm)
 	}
@@ -247,9 +283,8 @@ func TestWarmProbe(t *testing.T) {
 // only their own pid namespace, share no writable mapping, and cannot
 // reach each other's memory.
 func TestWarmMembersIsolated(t *testing.T) {
-	tools := secSetup(t)
-	secNeedPyisolate(t, tools)
-	fx := newSecFixture(t, tools)
+	w := newWarmTest(t)
+	fx := w.fx
 	code := `
 import ctypes, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -265,16 +300,9 @@ print("environ_secret", b"secret-" in open("/proc/self/environ", "rb").read(), o
 sys.stdout.flush()
 time.sleep(1.5)
 `
-	ids := []string{secID("warmiso1"), secID("warmiso2")}
-	t.Cleanup(func() {
-		for _, id := range ids {
-			secCheckNoLeaks(t, fx.root, fx.base, id)
-		}
-		warmCheckNoTemplates(t, fx.root)
-	})
-	res := make([]secRunResult, len(ids))
+	res := make([]secRunResult, 2)
 	var wg sync.WaitGroup
-	for i, id := range ids {
+	for i := range res {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -283,7 +311,7 @@ time.sleep(1.5)
 			}
 			m := warmManifest(fx, code, []string{"json"})
 			m["env"] = map[string]string{"MEMBER_SECRET": fmt.Sprintf("secret-%d", i)}
-			res[i] = warmRun(t, tools, fx, filepath.Join(fx.base, id), id, m)
+			res[i] = w.run(fmt.Sprintf("warmiso%d", i), m)
 		}()
 	}
 	wg.Wait()
@@ -306,21 +334,9 @@ time.sleep(1.5)
 // and the run says why on stderr: a command that is not a Python command
 // line, a preload list the template fails to import, a template that died.
 func TestWarmFallback(t *testing.T) {
-	tools := secSetup(t)
-	secNeedPyisolate(t, tools)
-	fx := newSecFixture(t, tools)
-	var ids []string
-	t.Cleanup(func() {
-		for _, id := range ids {
-			secCheckNoLeaks(t, fx.root, fx.base, id)
-		}
-		warmCheckNoTemplates(t, fx.root)
-	})
-	run := func(name string, m map[string]any) secRunResult {
-		id := secID(name)
-		ids = append(ids, id)
-		return warmRun(t, tools, fx, filepath.Join(fx.base, name), id, m)
-	}
+	w := newWarmTest(t)
+	tools, fx := w.tools, w.fx
+	run := w.run
 	t.Run("not-python", func(t *testing.T) {
 		m := warmManifest(fx, "", []string{"json"})
 		m["command"] = []string{"/bin/sh", "-c", "echo cold-ok"}
@@ -346,8 +362,7 @@ func TestWarmFallback(t *testing.T) {
 		// A cold member keeps the group alive; a warm one runs from the
 		// template, which is then killed (and the warm member with it);
 		// the next member gets a new template.
-		groupID := secID("warmgroup")
-		ids = append(ids, groupID)
+		groupID := w.id("warmgroup")
 		gready, gstop := filepath.Join(fx.work, "group-ready"), filepath.Join(fx.work, "group-stop")
 		gdone := make(chan secRunResult, 1)
 		go func() {
@@ -355,15 +370,9 @@ func TestWarmFallback(t *testing.T) {
 				warmManifest(fx, "import os, time\nopen("+strconv.Quote(gready)+", 'w').close()\n"+
 					"for i in range(600):\n    if os.path.exists("+strconv.Quote(gstop)+"): break\n    time.sleep(0.1)\n", nil))
 		}()
-		for i := 0; i < 200; i++ {
-			if _, err := os.Stat(gready); err == nil {
-				break
-			}
-			time.Sleep(25 * time.Millisecond)
-		}
-		keeperID := secID("warmkeeper")
+		warmWaitFile(t, gready)
+		keeperID := w.id("warmkeeper")
 		ready := filepath.Join(fx.work, "keeper-ready")
-		ids = append(ids, keeperID)
 		done := make(chan secRunResult, 1)
 		go func() {
 			done <- warmRun(t, tools, fx, filepath.Join(fx.base, "keeper"), keeperID,
@@ -490,26 +499,16 @@ func warmIDs(s string) string {
 // TestWarmLifecycle: a warm member is a container like any other to ps and
 // kill: running, with its process as init, and killed by kill.
 func TestWarmLifecycle(t *testing.T) {
-	tools := secSetup(t)
-	secNeedPyisolate(t, tools)
-	fx := newSecFixture(t, tools)
-	id := secID("warmlife")
-	t.Cleanup(func() {
-		secCheckNoLeaks(t, fx.root, fx.base, id)
-		warmCheckNoTemplates(t, fx.root)
-	})
+	w := newWarmTest(t)
+	tools, fx := w.tools, w.fx
+	id := w.id("warmlife")
 	ready := filepath.Join(fx.work, "life-ready")
 	done := make(chan secRunResult, 1)
 	go func() {
 		done <- warmRun(t, tools, fx, filepath.Join(fx.base, "life"), id,
 			warmManifest(fx, "import time; open("+strconv.Quote(ready)+", 'w').close(); time.sleep(30)", []string{"json"}))
 	}()
-	for i := 0; i < 400; i++ {
-		if _, err := os.Stat(ready); err == nil {
-			break
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	warmWaitFile(t, ready)
 	c := warmState(t, tools, fx.root, id)
 	if c.ID == "" {
 		t.Fatalf("ps does not list the warm member %s", id)
@@ -530,22 +529,12 @@ func TestWarmLifecycle(t *testing.T) {
 // one is: over its 64Mi memory limit it is killed (exit 137, "out of
 // memory"); it cannot have more processes than its pids limit.
 func TestWarmLimits(t *testing.T) {
-	tools := secSetup(t)
-	secNeedPyisolate(t, tools)
-	fx := newSecFixture(t, tools)
-	var ids []string
-	t.Cleanup(func() {
-		for _, id := range ids {
-			secCheckNoLeaks(t, fx.root, fx.base, id)
-		}
-		warmCheckNoTemplates(t, fx.root)
-	})
+	w := newWarmTest(t)
+	fx := w.fx
 	run := func(name, code string, limits map[string]any) secRunResult {
 		m := warmManifest(fx, code, []string{"json"})
 		m["limits"] = limits
-		id := secID(name)
-		ids = append(ids, id)
-		r := warmRun(t, tools, fx, filepath.Join(fx.base, name), id, m)
+		r := w.run(name, m)
 		warmUsed(t, r)
 		return r
 	}
@@ -578,15 +567,9 @@ print("forked", n)
 // at once (the template's helper sees the connection close), and the next
 // run reclaims its container.
 func TestWarmDiesWithRunner(t *testing.T) {
-	tools := secSetup(t)
-	secNeedPyisolate(t, tools)
-	fx := newSecFixture(t, tools)
-	id, next := secID("warmorphan"), secID("warmnext")
-	t.Cleanup(func() {
-		secCheckNoLeaks(t, fx.root, fx.base, id)
-		secCheckNoLeaks(t, fx.root, fx.base, next)
-		warmCheckNoTemplates(t, fx.root)
-	})
+	w := newWarmTest(t)
+	tools, fx := w.tools, w.fx
+	id := w.id("warmorphan")
 	ready := filepath.Join(fx.work, "orphan-ready")
 	bundle := filepath.Join(fx.base, "orphan")
 	if err := os.MkdirAll(bundle, 0o755); err != nil {
@@ -597,12 +580,7 @@ func TestWarmDiesWithRunner(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 400; i++ {
-		if _, err := os.Stat(ready); err == nil {
-			break
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	warmWaitFile(t, ready)
 	st := warmState(t, tools, fx.root, id)
 	if st.Status != "running" || st.InitPID <= 0 {
 		t.Fatalf("the warm member is not running: %+v", st)
@@ -621,7 +599,7 @@ func TestWarmDiesWithRunner(t *testing.T) {
 	}
 	// The next run reclaims the orphan's container (and the group, and with
 	// it the template) before it starts.
-	if r := warmRun(t, tools, fx, filepath.Join(fx.base, "next"), next, warmManifest(fx, "print('next-ok')", []string{"json"})); r.code != 0 {
+	if r := w.run("warmnext", warmManifest(fx, "print('next-ok')", []string{"json"})); r.code != 0 {
 		t.Fatalf("the next run: %s", r)
 	}
 }

@@ -82,7 +82,7 @@ func Open(ctx context.Context, root, name, id string, pid int, opts Options) (*G
 	if err := restrictGroupDir(g.Dir); err != nil {
 		return nil, fmt.Errorf("group %s: %w", name, err)
 	}
-	unlock, err := lockFile(ctx, filepath.Join(g.Dir, groupLockFile))
+	unlock, err := runtime.LockFile(ctx, filepath.Join(g.Dir, groupLockFile))
 	if err != nil {
 		return nil, fmt.Errorf("group %s: %w", name, err)
 	}
@@ -178,7 +178,7 @@ func (g *Group) Join(ctx context.Context, id string, pid int) error {
 // ends: its shared memory is unmounted and every file of it removed. Leave
 // reports whether the group ended.
 func (g *Group) Leave(ctx context.Context, id string) (ended bool, err error) {
-	unlock, err := lockFile(ctx, filepath.Join(g.Dir, groupLockFile))
+	unlock, err := runtime.LockFile(ctx, filepath.Join(g.Dir, groupLockFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return true, nil // another member ended the group already
 	}
@@ -211,7 +211,7 @@ func (g *Group) Leave(ctx context.Context, id string) (ended bool, err error) {
 // EndIfAbandoned ends the group when none of its members is alive (their
 // runtimes died without leaving) and reports whether it did.
 func (g *Group) EndIfAbandoned(ctx context.Context) (bool, error) {
-	unlock, err := lockFile(ctx, filepath.Join(g.Dir, groupLockFile))
+	unlock, err := runtime.LockFile(ctx, filepath.Join(g.Dir, groupLockFile))
 	if err != nil {
 		return false, fmt.Errorf("group %s: %w", g.Name, err)
 	}
@@ -226,7 +226,7 @@ func (g *Group) EndIfAbandoned(ctx context.Context) (bool, error) {
 // Destroy ends the group now, whatever its members: shared memory unmounted,
 // segments, sockets and records removed.
 func (g *Group) Destroy(ctx context.Context) error {
-	unlock, err := lockFile(ctx, filepath.Join(g.Dir, groupLockFile))
+	unlock, err := runtime.LockFile(ctx, filepath.Join(g.Dir, groupLockFile))
 	if err != nil {
 		return fmt.Errorf("group %s: destroy: %w", g.Name, err)
 	}
@@ -317,31 +317,6 @@ func liveMembers(ctx context.Context, d *tensoripc.Domain) ([]string, error) {
 		}
 	}
 	return live, nil
-}
-
-// lockFile takes an exclusive flock on path (created if absent), waiting
-// until ctx ends.
-func lockFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
 }
 
 // IPCNamespace returns the IPC namespace of a running member of g other than

@@ -136,7 +136,7 @@ func ensure(ctx context.Context, r *runtime.Runtime, k Key, s *specs.Spec, membe
 	if err := os.MkdirAll(base, 0o711); err != nil {
 		return nil, fmt.Errorf("warm template directory: %w", err)
 	}
-	unlock, err := lockPath(ctx, filepath.Join(base, hash+".lock"))
+	unlock, err := runtime.LockFile(ctx, filepath.Join(base, hash+".lock"))
 	if err != nil {
 		return nil, err
 	}
@@ -312,7 +312,7 @@ func StopGroup(ctx context.Context, r *runtime.Runtime, root, name string) error
 		if json.Unmarshal(b, &rec) != nil || rec.Key.Group != name || !strings.HasPrefix(rec.ID, templatePrefix) {
 			continue
 		}
-		unlock, err := lockPath(ctx, filepath.Join(root, warmDir, e.Name()+".lock"))
+		unlock, err := runtime.LockFile(ctx, filepath.Join(root, warmDir, e.Name()+".lock"))
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -339,30 +339,6 @@ func StopGroup(ctx context.Context, r *runtime.Runtime, root, name string) error
 	}
 	_ = os.Remove(filepath.Join(root, warmDir)) // when empty
 	return errors.Join(errs...)
-}
-
-// lockPath takes an exclusive flock on path, waiting until ctx ends.
-func lockPath(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
 }
 
 // pidAlive reports whether pid exists and is not a zombie.
