@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/runtime/warm"
 	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
@@ -97,6 +98,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			prep.Release(context.WithoutCancel(ctx))
 		}
 	}()
+	if msg := warm.ColdFace("the containerd shim", prep.Manifest); msg != "" {
+		log.G(ctx).WithField("id", r.ID).Warn(msg)
+	}
 	sp, group := prep.Spec, prep.GroupName
 	c.group, c.prep = group, prep
 	if f := sp.Annotations[spec.AnnotationFloors]; f != "" {

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyisolate/pyisolate-oci/runtime"
+	"github.com/pyisolate/pyisolate-oci/runtime/warm"
 	"github.com/pyisolate/pyisolate-oci/sandbox"
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
@@ -108,6 +109,9 @@ func (g *ociGlobal) prepare(ctx context.Context, id string, o *ociCreateFlags, d
 	}
 	if f := s.Annotations[spec.AnnotationFloors]; f != "" {
 		debugf("policy %s applied its floors: %s", p.prep.Policy, f)
+	}
+	if msg := warm.ColdFace(OCIName, p.prep.Manifest); msg != "" {
+		warn("%s", msg)
 	}
 	switch {
 	case s.Process.Terminal && detach && o.consoleSocket == "":

@@ -117,6 +117,18 @@ type Options struct {
 	Log func(string)
 }
 
+// ColdFace returns, for an extension of manifest m created by a face that
+// makes no warm starts (the containerd shim, pyisolate-runc), the line to
+// log so that its preload list is not ignored silently; "" when m asks for
+// none.
+func ColdFace(face string, m *spec.Manifest) string {
+	if m == nil || len(m.Preload) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("warm start not used: the manifest's preload list (%s) asks for one, which only `pyisolate run` makes; %s starts the extension cold",
+		strings.Join(m.Preload, ", "), face)
+}
+
 // NotUsedError says why a warm start was not made. Nothing was started:
 // the caller starts the member cold.
 type NotUsedError struct{ Reason string }

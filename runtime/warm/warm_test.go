@@ -177,3 +177,15 @@ func TestZygoteCompiles(t *testing.T) {
 		t.Fatalf("zygote.py does not compile: %v\n%s", err, out)
 	}
 }
+
+func TestColdFace(t *testing.T) {
+	if got := ColdFace("the containerd shim", &spec.Manifest{}); got != "" {
+		t.Errorf("no preload list: %q, want nothing to say", got)
+	}
+	got := ColdFace("pyisolate-runc", &spec.Manifest{Preload: []string{"torch", "numpy"}})
+	for _, want := range []string{"warm start not used", "(torch, numpy)", "pyisolate-runc starts the extension cold"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("ColdFace = %q, want %q in it", got, want)
+		}
+	}
+}
