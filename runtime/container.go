@@ -315,6 +315,19 @@ func (c *Container) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("start container %s: %w", c.ID(), err)
 	}
+	// RLIMIT_AS is set now, just before the init execs (rlimit_as.go):
+	// set at create, it held the idle init for as long as the client waited
+	// to start it, and a thread the Go runtime made meanwhile could not get
+	// its stack.
+	x, err := c.rt.readExtraState(c.ID())
+	if err != nil {
+		return fmt.Errorf("start container %s: %w", c.ID(), err)
+	}
+	if x.RlimitAS != nil {
+		if err := setRlimitAS(c.InitPID(), x.RlimitAS); err != nil {
+			return fmt.Errorf("start container %s: %w", c.ID(), err)
+		}
+	}
 	if err := c.lc.Exec(); err != nil {
 		return fmt.Errorf("start container %s: %w", c.ID(), err)
 	}

@@ -270,12 +270,6 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 		cons, err = startWithConsole(lc.Start, proc, ls.Process, opts.ConsoleSocket)
 		return err
 	})
-	if err == nil {
-		var pid int
-		if pid, err = proc.Pid(); err == nil {
-			err = setRlimitAS(pid, extra.RlimitAS)
-		}
-	}
 	if err != nil {
 		_ = lc.Destroy()
 		return nil, fmt.Errorf("create container %s: start init: %w", id, err)

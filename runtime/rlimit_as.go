@@ -13,8 +13,11 @@ package runtime
 // much and only just fits.
 //
 // So RLIMIT_AS is held back from libcontainer and set here, from the
-// parent, once the init has loaded seccomp and waits for start (create) or
-// is about to exec (exec). The container's program, which starts with a
+// parent, when the container is started, just before its init (which has
+// loaded seccomp long before) execs, or when an exec's process is about to
+// exec. It is not set at create: an idle init held under it for as long as
+// the client waits to start the container fails as soon as the Go runtime
+// maps anything more (a new thread's stack), which happened under load. The container's program, which starts with a
 // fresh address space at execve, runs under exactly the requested limit.
 // For an exec, a limit below rlimitASRoom lands microseconds after the
 // program starts (a larger one is libcontainer's, before); the memory bound
