@@ -385,12 +385,8 @@ func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *s
 	if _, _, err := conn.WriteMsgUnix(msg, unix.UnixRights(send...), nil); err != nil {
 		return nil, fmt.Errorf("send the sandbox to the member: %w", err)
 	}
-	reply, err := readMsg(conn)
-	if err != nil {
-		return nil, fmt.Errorf("member: %w", err)
-	}
-	if string(reply) != "ok" {
-		return nil, fmt.Errorf("member could not enter its sandbox: %s", reply)
+	if err := expect(conn, "ok"); err != nil {
+		return nil, fmt.Errorf("member could not enter its sandbox: %w", err)
 	}
 	// G is in the sandbox and waits for "go". The container's init has
 	// done its work: it goes before the member's code runs beside it, and
