@@ -1,22 +1,45 @@
 package runtime
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/runc/libcontainer"
 )
 
-// The support package runtime/warm needs to put a process that this runtime
-// did not start (a warm-started extension, forked from a template) into a
-// container it created.
+// The support package runtime/warm needs to make a process that this
+// runtime did not start (a warm-started member, forked from a template) the
+// init of a container it created, whose own init is gone.
 
-// AdoptProcess makes process pid (a host pid, which this runtime did not
-// start) the container's process in place of its init, which must be gone:
-// it moves it into every cgroup of the container, as libcontainer puts the
-// init there, and records it, so that State reports the container running
-// with it as init, and Signal and Delete reach it.
-func (c *Container) AdoptProcess(pid int) error {
+// AdoptHooks are what the owner of an adopted process does for the
+// container: Start lets the process run (Container.Start calls it once, in
+// place of libcontainer's exec), Wait returns how it ended (Container.Wait).
+type AdoptHooks struct {
+	Start func(ctx context.Context) error
+	Wait  func(ctx context.Context) (ExitStatus, error)
+}
+
+// libcontainer's state file and exec fifo in a container's state directory.
+const (
+	lcStateFile = "state.json"
+	lcExecFifo  = "exec.fifo"
+)
+
+// AdoptProcess makes process pid (a host pid this runtime did not start)
+// the container's init in place of the one libcontainer started, which must
+// be dead and reaped: it moves the process into every cgroup of the
+// container, as libcontainer puts an init there, and records it as the init
+// in libcontainer's state, so that status, signals, exec (which joins its
+// namespaces), pause and delete reach it, from this process and from any
+// other that loads the container. Until Start, the container is created.
+func (c *Container) AdoptProcess(pid int, h AdoptHooks) error {
 	st, err := c.lc.State()
 	if err != nil {
 		return fmt.Errorf("container %s: adopt process %d: %w", c.ID(), pid, err)
@@ -24,14 +47,6 @@ func (c *Container) AdoptProcess(pid int) error {
 	start, _, ok := procStartTime(pid)
 	if !ok {
 		return fmt.Errorf("container %s: adopt process %d: it does not exist", c.ID(), pid)
-	}
-	x, err := c.rt.readExtraState(c.ID())
-	if err != nil {
-		return err
-	}
-	x.Adopted = &adoptedProcess{PID: pid, StartTime: start}
-	if err := c.rt.writeExtraState(c.ID(), x); err != nil {
-		return err
 	}
 	for _, dir := range st.CgroupPaths {
 		if dir == "" {
@@ -44,7 +59,93 @@ func (c *Container) AdoptProcess(pid int) error {
 			return fmt.Errorf("container %s: adopt process %d into %s: %w", c.ID(), pid, dir, err)
 		}
 	}
+	base, _ := c.oomKills()
+	if err := c.rt.recordInit(c.ID(), st.InitProcessPid, pid, start); err != nil {
+		return fmt.Errorf("container %s: adopt process %d: %w", c.ID(), pid, err)
+	}
+	lc, err := libcontainer.Load(c.rt.root(), c.ID())
+	if err != nil {
+		return fmt.Errorf("container %s: adopt process %d: %w", c.ID(), pid, err)
+	}
+	c.lc = lc
+	c.init = &Process{c: c, pid: pid, wait: h.Wait, oomBase: base, done: make(chan struct{})}
+	c.start = h.Start
 	return nil
+}
+
+// recordInit rewrites libcontainer's state of container id so that the
+// process pid (started at start, in clock ticks) is its init, in place of
+// oldPID; libcontainer has no call for it. The file is replaced atomically.
+func (r *Runtime) recordInit(id string, oldPID, pid int, start uint64) error {
+	p := filepath.Join(r.root(), id, lcStateFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	var st map[string]json.RawMessage
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	var nsPaths map[string]string
+	if raw, ok := st["namespace_paths"]; ok {
+		if err := json.Unmarshal(raw, &nsPaths); err != nil {
+			return fmt.Errorf("%s: namespace_paths: %w", p, err)
+		}
+	}
+	from, to := fmt.Sprintf("/proc/%d/", oldPID), fmt.Sprintf("/proc/%d/", pid)
+	for k, v := range nsPaths {
+		nsPaths[k] = strings.Replace(v, from, to, 1)
+	}
+	for k, v := range map[string]any{"init_process_pid": pid, "init_process_start": start, "namespace_paths": nsPaths} {
+		if st[k], err = json.Marshal(v); err != nil {
+			return err
+		}
+	}
+	out, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := p + ".adopt"
+	if err := os.WriteFile(tmp, out, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
+}
+
+// startAdopted is Start for a container whose init was adopted: its owner
+// lets the process run, and the exec fifo, which tells libcontainer a
+// created container from a running one, goes.
+func (c *Container) startAdopted(ctx context.Context) error {
+	start := c.start
+	c.start = nil
+	if err := start(ctx); err != nil {
+		return fmt.Errorf("start container %s: %w", c.ID(), err)
+	}
+	if err := os.Remove(filepath.Join(c.rt.root(), c.ID(), lcExecFifo)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("start container %s: %w", c.ID(), err)
+	}
+	return nil
+}
+
+// procStartTime returns the start time (clock ticks after boot) and state
+// letter of process pid from /proc/PID/stat.
+func procStartTime(pid int) (uint64, byte, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return 0, 0, false
+	}
+	f := strings.Fields(s[i+2:])
+	// f[0] is the state (field 3); the start time is field 22.
+	if len(f) < 20 {
+		return 0, 0, false
+	}
+	st, err := strconv.ParseUint(f[19], 10, 64)
+	return st, f[0][0], err == nil
 }
 
 // OOMKills returns how many processes of the container the OOM killer has
@@ -59,13 +160,4 @@ func (c *Container) InitPID() int {
 		return 0
 	}
 	return st.InitProcessPid
-}
-
-// adopted returns the container's live adopted process, or nil.
-func (c *Container) adopted() *adoptedProcess {
-	x, err := c.rt.readExtraState(c.ID())
-	if err != nil || !x.Adopted.alive() {
-		return nil
-	}
-	return x.Adopted
 }

@@ -192,9 +192,12 @@ func (r *Runtime) root() string {
 type Container struct {
 	rt *Runtime
 	lc *libcontainer.Container
-	// init is the container's init process when this process created it;
-	// nil for a loaded container.
+	// init is the container's init process when this process created it
+	// (or adopted it); nil for a loaded container.
 	init *Process
+	// start, for a container whose init was adopted (AdoptProcess), lets
+	// it run in place of libcontainer's exec; nil otherwise.
+	start func(ctx context.Context) error
 }
 
 // ID returns the container id.
@@ -315,6 +318,9 @@ func (c *Container) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("start container %s: %w", c.ID(), err)
 	}
+	if c.start != nil {
+		return c.startAdopted(ctx)
+	}
 	// RLIMIT_AS is set now, just before the init execs (rlimit_as.go):
 	// set at create, it held the idle init for as long as the client waited
 	// to start it, and a thread the Go runtime made meanwhile could not get
@@ -358,16 +364,6 @@ func (c *Container) Signal(sig syscall.Signal, all bool) error {
 }
 
 func (c *Container) signal(sig syscall.Signal, all bool) error {
-	if a := c.adopted(); a != nil {
-		// A warm-started member: its process is pid 1 of its own pid
-		// namespace, whose other processes die with it on SIGKILL.
-		if err := unix.Kill(a.PID, sig); err != nil && !errors.Is(err, unix.ESRCH) {
-			return err
-		}
-		if !all || sig == unix.SIGKILL {
-			return nil
-		}
-	}
 	cfg := c.lc.Config()
 	if !all || (sig == unix.SIGKILL) {
 		// SIGKILL of a PID namespace's init kills the whole namespace;
@@ -404,15 +400,6 @@ func (c *Container) delete(ctx context.Context, force bool) error {
 	status, err := c.lc.Status()
 	if err != nil {
 		return err
-	}
-	if a := c.adopted(); a != nil && status == libcontainer.Stopped {
-		if !force {
-			return errors.New("container is running (use force)")
-		}
-		_ = unix.Kill(a.PID, unix.SIGKILL)
-		if err := waitPidExit(ctx, a.PID, func() bool { return !a.alive() }); err != nil {
-			return err
-		}
 	}
 	switch status {
 	case libcontainer.Stopped:

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/opencontainers/runc/libcontainer/configs"
@@ -30,48 +29,8 @@ type extraState struct {
 	// RlimitAS is the init's RLIMIT_AS, set after the init (rlimit_as.go)
 	// and the default of processes Exec starts with no rlimits of their own.
 	RlimitAS *configs.Rlimit `json:"rlimit_as,omitempty"`
-	// Adopted is the process that stands in for the container's init
-	// after AdoptProcess (a warm-started member): State reports it,
-	// Signal and Delete reach it.
-	Adopted *adoptedProcess `json:"adopted,omitempty"`
 }
 
-// adoptedProcess is a process the runtime did not start, recorded with its
-// start time so that a reused pid is never taken for it.
-type adoptedProcess struct {
-	PID       int    `json:"pid"`
-	StartTime uint64 `json:"start_time"`
-}
-
-// alive reports whether the recorded process still runs (not a zombie).
-func (a *adoptedProcess) alive() bool {
-	if a == nil || a.PID <= 0 {
-		return false
-	}
-	st, state, ok := procStartTime(a.PID)
-	return ok && st == a.StartTime && state != 'Z' && state != 'X'
-}
-
-// procStartTime returns the start time (clock ticks after boot) and state
-// letter of process pid from /proc/PID/stat.
-func procStartTime(pid int) (uint64, byte, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return 0, 0, false
-	}
-	f := strings.Fields(s[i+2:])
-	// f[0] is the state (field 3); the start time is field 22.
-	if len(f) < 20 {
-		return 0, 0, false
-	}
-	st, err := strconv.ParseUint(f[19], 10, 64)
-	return st, f[0][0], err == nil
-}
 
 // isRuntimeAnnotation reports whether key is one the runtime writes.
 func isRuntimeAnnotation(key string) bool {

@@ -26,6 +26,9 @@ import (
 type Process struct {
 	c  *Container
 	lp *libcontainer.Process
+	// pid and wait, for an adopted init (AdoptProcess), stand for lp.
+	pid  int
+	wait func(ctx context.Context) (ExitStatus, error)
 	// oomBase is the container's OOM kill count when the process started.
 	oomBase uint64
 	// console is the process's terminal (see console.go), or nil.
@@ -43,6 +46,9 @@ func newOwnedProcess(c *Container, lp *libcontainer.Process, oomBase uint64) *Pr
 
 // Pid returns the host pid of the process.
 func (p *Process) Pid() int {
+	if p.lp == nil {
+		return p.pid
+	}
 	pid, err := p.lp.Pid()
 	if err != nil {
 		return -1
@@ -52,6 +58,12 @@ func (p *Process) Pid() int {
 
 // Signal sends sig to the process.
 func (p *Process) Signal(sig syscall.Signal) error {
+	if p.lp == nil {
+		if err := unix.Kill(p.pid, sig); err != nil {
+			return fmt.Errorf("signal %s to pid %d: %w", unix.SignalName(sig), p.pid, err)
+		}
+		return nil
+	}
 	if err := p.lp.Signal(sig); err != nil {
 		return fmt.Errorf("signal %s to pid %d: %w", unix.SignalName(sig), p.Pid(), err)
 	}
@@ -75,6 +87,13 @@ func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
 // cgroup still exists.
 func (p *Process) reap() {
 	defer close(p.done)
+	if p.wait != nil {
+		p.st, p.err = p.wait(context.Background())
+		if n, ok := p.c.oomKills(); ok && n > p.oomBase {
+			p.st.OOMKilled = true
+		}
+		return
+	}
 	ps, err := p.lp.Wait()
 	if ps == nil {
 		if err == nil {

@@ -70,8 +70,6 @@ func (c *Container) State() (State, error) {
 	}
 	if st.Status != StatusStopped {
 		st.InitPID = s.InitProcessPid
-	} else if a := extra.Adopted; a.alive() {
-		st.Status, st.InitPID = StatusRunning, a.PID
 	}
 	return st, nil
 }

@@ -21,7 +21,8 @@ import (
 	"github.com/pyisolate/pyisolate-oci/spec"
 )
 
-// zygoteSource is the template's program (`python -c`).
+// zygoteSource is the template's program, written to its directory as
+// zygoteName.
 //
 //go:embed zygote.py
 var zygoteSource string
@@ -34,6 +35,8 @@ const (
 	templateMount = "/run/pyisolate-warm"
 	// socketName is the zygote's listening socket in that directory.
 	socketName = "zygote.sock"
+	// zygoteName is the zygote's program in that directory.
+	zygoteName = "zygote.py"
 	// templatePrefix starts every template's container id.
 	templatePrefix = "pyisolate-warm-"
 	// AnnotationTemplate marks a template's container with its key.
@@ -176,6 +179,9 @@ func (t *template) start(ctx context.Context, r *runtime.Runtime, s *specs.Spec,
 	if err := os.Chown(t.dir, uid, gid); err != nil {
 		return fmt.Errorf("warm template directory: %w", err)
 	}
+	if err := os.WriteFile(filepath.Join(t.dir, zygoteName), []byte(zygoteSource), 0o644); err != nil {
+		return fmt.Errorf("warm template program: %w", err)
+	}
 	rec, _ := json.Marshal(record{ID: t.id, Key: t.key})
 	if err := os.WriteFile(filepath.Join(t.dir, "record.json"), rec, 0o644); err != nil {
 		return fmt.Errorf("warm template record: %w", err)
@@ -237,7 +243,7 @@ func templateSpec(r *runtime.Runtime, s *specs.Spec, t *template, memberID strin
 	if err := json.Unmarshal(b, &ts); err != nil {
 		return nil, err
 	}
-	ts.Process.Args = []string{t.key.Python, "-c", zygoteSource, templateMount + "/" + socketName}
+	ts.Process.Args = []string{t.key.Python, templateMount + "/" + zygoteName, templateMount + "/" + socketName}
 	ts.Process.Env = append(slices.Clone(t.key.PythonEnv), "PYISOLATE_WARM_PRELOAD="+strings.Join(t.key.Preload, ","))
 	ts.Process.Cwd = "/"
 	ts.Mounts = append(ts.Mounts, specs.Mount{

@@ -152,27 +152,65 @@ var forwardedSignals = []os.Signal{
 }
 
 // Run starts member id (a reserved id with no container yet) of spec s from
-// its template, waits for it, and deletes its container. A NotUsedError
-// means nothing was started and the member should start cold.
-func Run(ctx context.Context, r *runtime.Runtime, id string, s *specs.Spec, o Options) (runtime.ExitStatus, error) {
-	if why := Eligible(s, o.Manifest); why != "" {
-		return runtime.ExitStatus{}, notUsed("%s", why)
-	}
-	log := o.Log
-	if log == nil {
-		log = func(string) {}
-	}
-	k := KeyOf(s, o.Manifest, o.Group)
-	t, err := ensure(ctx, r, k, s, id, log)
+// its template, waits for it (passing on the signals runtime.Run passes on),
+// and deletes its container. A NotUsedError means nothing was started and
+// the member should start cold.
+func Run(ctx context.Context, r *runtime.Runtime, id string, s *specs.Spec, o Options) (st runtime.ExitStatus, err error) {
+	c, err := Create(ctx, r, id, s, o)
 	if err != nil {
-		return runtime.ExitStatus{}, notUsed("template: %v", err)
+		return st, err
 	}
-	m, err := start(ctx, r, t, id, s, o)
-	if err != nil {
-		return runtime.ExitStatus{}, notUsed("%v", err)
+	defer func() {
+		if derr := c.Delete(context.WithoutCancel(ctx), true); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	sigc := make(chan os.Signal, 8)
+	signal.Notify(sigc, forwardedSignals...)
+	defer signal.Stop(sigc)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case sig := <-sigc:
+				_ = c.Signal(sig.(syscall.Signal), false)
+			case <-ctx.Done():
+				_ = c.Signal(unix.SIGKILL, false)
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	if err := c.Start(ctx); err != nil {
+		return st, notUsed("%v", err)
 	}
 	runtime.Phase("warm start: forked into the sandbox")
-	return m.wait(ctx)
+	return c.Wait(context.WithoutCancel(ctx))
+}
+
+// Create makes member id (a reserved id with no container yet) of spec s
+// from its template: a created container, like runtime.Runtime.Create's,
+// whose init is the forked process, in its sandbox and waiting for Start.
+// A NotUsedError means nothing was made and the member should start cold.
+func Create(ctx context.Context, r *runtime.Runtime, id string, s *specs.Spec, o Options) (*runtime.Container, error) {
+	if why := Eligible(s, o.Manifest); why != "" {
+		return nil, notUsed("%s", why)
+	}
+	if o.Log == nil {
+		o.Log = func(string) {}
+	}
+	k := KeyOf(s, o.Manifest, o.Group)
+	t, err := ensure(ctx, r, k, s, id, o.Log)
+	if err != nil {
+		return nil, notUsed("template: %v", err)
+	}
+	c, err := start(ctx, r, t, id, s, o)
+	if err != nil {
+		return nil, notUsed("%v", err)
+	}
+	return c, nil
 }
 
 // Eligible returns why spec s of manifest m cannot start warm, or "".
@@ -242,19 +280,74 @@ var nsNames = []string{"mnt", "uts", "ipc", "net", "cgroup"}
 // pythonName matches the file names of Python interpreters.
 var pythonName = regexp.MustCompile(`^python[0-9.]*$`)
 
-// member is a warm member whose process runs.
+// member is a warm member's link to its template's helper (C): it lets the
+// process run and learns how it ended (runtime.AdoptHooks).
 type member struct {
-	id   string
-	pid  int // host pid of G
-	conn *net.UnixConn
-	door *runtime.Container
-	oom  uint64
-	log  func(string)
+	id      string
+	pid     int // host pid of G
+	conn    *net.UnixConn
+	started func(int)
+	log     func(string)
+
+	released bool
 }
 
-// start makes member id from template t (steps 1 to 5 of the package
-// doc). On error nothing of the member is left.
-func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *specs.Spec, o Options) (_ *member, retErr error) {
+// release lets G run its command line.
+func (m *member) release(context.Context) error {
+	if _, err := m.conn.Write([]byte("go")); err != nil {
+		return fmt.Errorf("warm member %s: %w", m.id, err)
+	}
+	m.released = true
+	if m.started != nil {
+		m.started(m.pid)
+	}
+	return nil
+}
+
+// exitStatus waits for G's exit status from C. A member that never ran
+// (deleted while created) is let go: the connection closes, C ends it.
+func (m *member) exitStatus(context.Context) (runtime.ExitStatus, error) {
+	defer m.conn.Close()
+	killed := runtime.ExitStatus{Code: 128 + int(unix.SIGKILL), Signal: unix.SIGKILL}
+	if !m.released {
+		m.conn.Close()
+		m.waitGone()
+		return killed, nil
+	}
+	b, err := readMsg(m.conn)
+	if err != nil {
+		// The helper that reports the status is gone: the template died
+		// (killed, out of memory), and its pid namespace with every member
+		// forked from it.
+		m.log(fmt.Sprintf("warm member %s: its template ended (%v); the member was killed with it", m.id, err))
+		_ = unix.Kill(m.pid, unix.SIGKILL)
+		m.waitGone()
+		return killed, nil
+	}
+	var res struct {
+		Status int `json:"status"`
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		return runtime.ExitStatus{}, fmt.Errorf("warm member %s: exit status %q: %w", m.id, b, err)
+	}
+	ws := syscall.WaitStatus(res.Status)
+	if ws.Signaled() {
+		return runtime.ExitStatus{Code: 128 + int(ws.Signal()), Signal: ws.Signal()}, nil
+	}
+	return runtime.ExitStatus{Code: ws.ExitStatus()}, nil
+}
+
+// waitGone waits up to 5 s for G to be gone.
+func (m *member) waitGone() {
+	for i := 0; i < 500 && pidAlive(m.pid); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// start makes member id from template t (steps 1 to 5 of the package doc,
+// all but the last "go"), and returns its container, created, with G as its
+// init. On error nothing of the member is left.
+func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *specs.Spec, o Options) (_ *runtime.Container, retErr error) {
 	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: t.socket, Net: "unixpacket"})
 	if err != nil {
 		return nil, fmt.Errorf("connect to template %s: %w", t.id, err)
@@ -399,81 +492,14 @@ func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *s
 	if _, err := quietly(func() (runtime.ExitStatus, error) { return door.Wait(ctx) }); err != nil {
 		return nil, err
 	}
-	if err := door.AdoptProcess(gpid); err != nil {
+	m := &member{id: id, pid: gpid, conn: conn, started: o.Started, log: o.Log}
+	if err := door.AdoptProcess(gpid, runtime.AdoptHooks{Start: m.release, Wait: m.exitStatus}); err != nil {
 		return nil, err
 	}
 	if err := applyProcessLimits(gpid, s.Process); err != nil {
 		return nil, err
 	}
-	oom, _ := door.OOMKills()
-	if _, err := conn.Write([]byte("go")); err != nil {
-		return nil, fmt.Errorf("member: %w", err)
-	}
-	if o.Started != nil {
-		o.Started(gpid)
-	}
-	log := o.Log
-	if log == nil {
-		log = func(string) {}
-	}
-	return &member{id: id, pid: gpid, conn: conn, door: door, oom: oom, log: log}, nil
-}
-
-// wait forwards signals to the member, waits for its exit status (from C)
-// and deletes its container.
-func (m *member) wait(ctx context.Context) (st runtime.ExitStatus, err error) {
-	defer func() {
-		m.conn.Close()
-		if derr := m.door.Delete(context.WithoutCancel(ctx), true); derr != nil && err == nil {
-			err = derr
-		}
-	}()
-	sigc := make(chan os.Signal, 8)
-	signal.Notify(sigc, forwardedSignals...)
-	defer signal.Stop(sigc)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			select {
-			case sig := <-sigc:
-				_ = unix.Kill(m.pid, sig.(syscall.Signal))
-			case <-ctx.Done():
-				_ = unix.Kill(m.pid, unix.SIGKILL)
-				return
-			case <-done:
-				return
-			}
-		}
-	}()
-	b, err := readMsg(m.conn)
-	if err != nil {
-		// The helper that reports the status is gone: the template died
-		// (killed, out of memory), and its pid namespace with every member
-		// forked from it.
-		m.log(fmt.Sprintf("warm member %s: its template ended (%v); the member was killed with it", m.id, err))
-		_ = unix.Kill(m.pid, unix.SIGKILL)
-		for i := 0; i < 500 && pidAlive(m.pid); i++ {
-			time.Sleep(10 * time.Millisecond)
-		}
-		return runtime.ExitStatus{Code: 128 + int(unix.SIGKILL), Signal: unix.SIGKILL}, nil
-	}
-	var res struct {
-		Status int `json:"status"`
-	}
-	if err := json.Unmarshal(b, &res); err != nil {
-		return runtime.ExitStatus{}, fmt.Errorf("warm member %s: exit status %q: %w", m.id, b, err)
-	}
-	ws := syscall.WaitStatus(res.Status)
-	if ws.Signaled() {
-		st = runtime.ExitStatus{Code: 128 + int(ws.Signal()), Signal: ws.Signal()}
-	} else {
-		st = runtime.ExitStatus{Code: ws.ExitStatus()}
-	}
-	if n, ok := m.door.OOMKills(); ok && n > m.oom {
-		st.OOMKilled = true
-	}
-	return st, nil
+	return door, nil
 }
 
 // doorSpec is member spec s joining G's user and pid namespaces. With

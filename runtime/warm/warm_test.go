@@ -121,8 +121,8 @@ func TestTemplateSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := ts.Process.Args; len(got) != 4 || got[1] != "-c" || got[2] != zygoteSource || got[3] != "/run/pyisolate-warm/zygote.sock" {
-		t.Errorf("template args %q", got[:2])
+	if got := ts.Process.Args; !slices.Equal(got, []string{"/usr/bin/python3", "/run/pyisolate-warm/zygote.py", "/run/pyisolate-warm/zygote.sock"}) {
+		t.Errorf("template args %q", got)
 	}
 	if !slices.Equal(ts.Process.Env, []string{"HOME=/tmp", "PATH=/usr/bin", "PYTHONUNBUFFERED=1", "PYISOLATE_WARM_PRELOAD=torch"}) {
 		t.Errorf("template env %q", ts.Process.Env)
