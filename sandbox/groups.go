@@ -162,8 +162,14 @@ func (sg *SharedGroups) Leave(ctx context.Context, name, id string) {
 		return
 	}
 	delete(e.members, id)
-	if _, err := e.g.Leave(ctx, id); err != nil {
+	ended, err := e.g.Leave(ctx, id)
+	if err != nil {
 		sg.warn(name, fmt.Sprintf("leave group: %v", err))
+	}
+	if ended {
+		if err := warm.StopGroup(ctx, NewRuntime(sg.root), sg.root, name); err != nil {
+			sg.warn(name, err.Error())
+		}
 	}
 	if len(e.members) == 0 {
 		e.cancel()

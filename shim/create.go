@@ -98,9 +98,6 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			prep.Release(context.WithoutCancel(ctx))
 		}
 	}()
-	if msg := warm.ColdFace("the containerd shim", prep.Manifest); msg != "" {
-		log.G(ctx).WithField("id", r.ID).Warn(msg)
-	}
 	sp, group := prep.Spec, prep.GroupName
 	c.group, c.prep = group, prep
 	if f := sp.Annotations[spec.AnnotationFloors]; f != "" {
@@ -127,7 +124,10 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if pio.Stderr != nil {
 		opts.Stderr = pio.Stderr
 	}
-	rc, err := s.rt.Create(ctx, r.ID, sp, opts)
+	rc, err := s.createWarm(ctx, r.ID, r.Bundle, prep, pio)
+	if rc == nil && err == nil {
+		rc, err = s.rt.Create(ctx, r.ID, sp, opts)
+	}
 	if err == nil && rc.Console() != nil {
 		pio.attachConsole(rc.Console())
 	}
@@ -168,6 +168,28 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	})
 	go c.init.watch()
 	return &taskAPI.CreateTaskResponse{Pid: uint32(st.InitPID)}, nil
+}
+
+// createWarm creates an extension whose manifest has a preload list from
+// its group's template (package runtime/warm): a created container whose
+// init is forked from the template, started and waited for as any other.
+// It returns nil and no error when the extension must start cold (said in
+// the log).
+func (s *service) createWarm(ctx context.Context, id, bundle string, prep *sandbox.Container, pio *procIO) (*runtime.Container, error) {
+	if prep.Manifest == nil || len(prep.Manifest.Preload) == 0 {
+		return nil, nil
+	}
+	lg := log.G(ctx).WithField("id", id)
+	rc, err := warm.Create(ctx, s.rt, id, prep.Spec, warm.Options{
+		Manifest: prep.Manifest, Group: prep.GroupName, Bundle: bundle,
+		Stdin: pio.Stdin, Stdout: pio.Stdout, Stderr: pio.Stderr,
+		Log: func(msg string) { lg.Warn(msg) },
+	})
+	if warm.IsNotUsed(err) {
+		lg.Warnf("%v; starting cold", err)
+		return nil, nil
+	}
+	return rc, err
 }
 
 // removeStale clears what a dead shim left of container id under rt's root

@@ -496,8 +496,10 @@ func warmIDs(s string) string {
 	return regexp.MustCompile(`X-[0-9]+-[0-9]+`).ReplaceAllString(s, "ID")
 }
 
-// TestWarmLifecycle: a warm member is a container like any other to ps and
-// kill: running, with its process as init, and killed by kill.
+// TestWarmLifecycle: a warm member is a container like any other to ps,
+// exec, pause and kill: running, with its process as init; a process exec'd
+// into it (pyisolate-runc exec, libcontainer's setns) lands in its
+// namespaces, under its filter; pause freezes it; kill kills it.
 func TestWarmLifecycle(t *testing.T) {
 	w := newWarmTest(t)
 	tools, fx := w.tools, w.fx
@@ -516,6 +518,18 @@ func TestWarmLifecycle(t *testing.T) {
 	status, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(c.InitPID), "status"))
 	if c.Status != "running" || !regexp.MustCompile(`NSpid:\t[0-9]+\t[0-9]+\t1\n`).Match(status) {
 		t.Errorf("ps: %+v; its process's status:\n%s", c, status)
+	}
+	runc := ociBin(t)
+	x := secExec(secRunTimeout, nil, nil, runc, "--root", fx.root, "exec", id, "/usr/bin/python3", "-c",
+		"import os; print(sorted(p for p in os.listdir('/proc') if p.isdigit())); "+
+			"print([l.split()[1] for l in open('/proc/self/status') if l.startswith(('CapEff', 'NoNewPrivs', 'Seccomp:'))])")
+	if x.code != 0 || !regexp.MustCompile(`\['1', '[0-9]+'\]\n\['0000000000000000', '1', '2'\]`).Match(x.stdout) {
+		t.Errorf("exec into the warm member: %s", x)
+	}
+	for _, verb := range []string{"pause", "resume"} {
+		if r := secExec(secRunTimeout, nil, nil, runc, "--root", fx.root, verb, id); r.code != 0 {
+			t.Errorf("%s: %s", verb, r)
+		}
 	}
 	if k := secExec(secRunTimeout, nil, nil, tools.pyisolate, "kill", "--root", fx.root, id, "KILL"); k.code != 0 {
 		t.Fatalf("kill: %s", k)

@@ -118,7 +118,8 @@ type Options struct {
 }
 
 // ColdFace returns, for an extension of manifest m created by a face that
-// makes no warm starts (the containerd shim, pyisolate-runc), the line to
+// makes no warm starts (pyisolate-runc, whose create exits before the
+// member runs, and with it the link to the template's helper), the line to
 // log so that its preload list is not ignored silently; "" when m asks for
 // none.
 func ColdFace(face string, m *spec.Manifest) string {
@@ -289,7 +290,7 @@ type member struct {
 	started func(int)
 	log     func(string)
 
-	released bool
+	ran chan struct{} // closed by release
 }
 
 // release lets G run its command line.
@@ -297,22 +298,28 @@ func (m *member) release(context.Context) error {
 	if _, err := m.conn.Write([]byte("go")); err != nil {
 		return fmt.Errorf("warm member %s: %w", m.id, err)
 	}
-	m.released = true
+	close(m.ran)
 	if m.started != nil {
 		m.started(m.pid)
 	}
 	return nil
 }
 
-// exitStatus waits for G's exit status from C. A member that never ran
-// (deleted while created) is let go: the connection closes, C ends it.
+// exitStatus waits for G's exit status from C. A member that dies before it
+// ran (killed while created, by a delete) ends as killed by SIGKILL, and its
+// connection closes.
 func (m *member) exitStatus(context.Context) (runtime.ExitStatus, error) {
 	defer m.conn.Close()
 	killed := runtime.ExitStatus{Code: 128 + int(unix.SIGKILL), Signal: unix.SIGKILL}
-	if !m.released {
-		m.conn.Close()
-		m.waitGone()
-		return killed, nil
+	for waiting := true; waiting; {
+		select {
+		case <-m.ran:
+			waiting = false
+		case <-time.After(10 * time.Millisecond):
+			if !pidAlive(m.pid) {
+				return killed, nil
+			}
+		}
 	}
 	b, err := readMsg(m.conn)
 	if err != nil {
@@ -492,7 +499,7 @@ func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *s
 	if _, err := quietly(func() (runtime.ExitStatus, error) { return door.Wait(ctx) }); err != nil {
 		return nil, err
 	}
-	m := &member{id: id, pid: gpid, conn: conn, started: o.Started, log: o.Log}
+	m := &member{id: id, pid: gpid, conn: conn, started: o.Started, log: o.Log, ran: make(chan struct{})}
 	if err := door.AdoptProcess(gpid, runtime.AdoptHooks{Start: m.release, Wait: m.exitStatus}); err != nil {
 		return nil, err
 	}

@@ -179,7 +179,7 @@ func TestZygoteCompiles(t *testing.T) {
 }
 
 func TestColdFace(t *testing.T) {
-	if got := ColdFace("the containerd shim", &spec.Manifest{}); got != "" {
+	if got := ColdFace("pyisolate-runc", &spec.Manifest{}); got != "" {
 		t.Errorf("no preload list: %q, want nothing to say", got)
 	}
 	got := ColdFace("pyisolate-runc", &spec.Manifest{Preload: []string{"torch", "numpy"}})
