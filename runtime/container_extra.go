@@ -31,7 +31,6 @@ type extraState struct {
 	RlimitAS *configs.Rlimit `json:"rlimit_as,omitempty"`
 }
 
-
 // isRuntimeAnnotation reports whether key is one the runtime writes.
 func isRuntimeAnnotation(key string) bool {
 	return strings.HasPrefix(key, spec.AnnotationOutPrefix) || key == spec.AnnotationDegraded

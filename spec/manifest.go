@@ -52,8 +52,8 @@ type Manifest struct {
 	// Preload asks for warm starts: modules (dotted names, such as "torch"
 	// or "numpy.linalg") a template of the group imports once, and from
 	// which members with the same interpreter, venv and list are forked
-	// instead of starting a new interpreter (`pyisolate run`; package
-	// runtime/warm). Where a template cannot serve, the member starts cold
+	// instead of starting a new interpreter (`pyisolate run` and the
+	// containerd shim; package runtime/warm). Where a template cannot serve, the member starts cold
 	// and the run says why.
 	Preload []string `json:"preload,omitempty"`
 }

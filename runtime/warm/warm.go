@@ -66,6 +66,11 @@
 // dies (killed, out of memory) takes its live members with it; they end as
 // killed by SIGKILL, and the next member starts a new template.
 //
+// Run is the whole of it for `pyisolate run`; Create gives the containerd
+// shim a created container whose init is G (runtime.Container.AdoptProcess
+// records G as the init in libcontainer's state, so exec, pause, signals and
+// delete reach it), started and waited for as any other.
+//
 // When a template cannot serve (the request is not one it can replicate,
 // the template died or failed to import, any step above fails before the
 // extension's code runs), Run returns an error that says so and
