@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/system"
 )
 
 // The support package runtime/warm needs to make a process that this
@@ -44,9 +44,9 @@ func (c *Container) AdoptProcess(pid int, h AdoptHooks) error {
 	if err != nil {
 		return fmt.Errorf("container %s: adopt process %d: %w", c.ID(), pid, err)
 	}
-	start, _, ok := procStartTime(pid)
-	if !ok {
-		return fmt.Errorf("container %s: adopt process %d: it does not exist", c.ID(), pid)
+	ps, err := system.Stat(pid)
+	if err != nil {
+		return fmt.Errorf("container %s: adopt process %d: %w", c.ID(), pid, err)
 	}
 	for _, dir := range st.CgroupPaths {
 		if dir == "" {
@@ -60,7 +60,7 @@ func (c *Container) AdoptProcess(pid int, h AdoptHooks) error {
 		}
 	}
 	base, _ := c.oomKills()
-	if err := c.rt.recordInit(c.ID(), st.InitProcessPid, pid, start); err != nil {
+	if err := c.rt.recordInit(c.ID(), st.InitProcessPid, pid, ps.StartTime); err != nil {
 		return fmt.Errorf("container %s: adopt process %d: %w", c.ID(), pid, err)
 	}
 	lc, err := libcontainer.Load(c.rt.root(), c.ID())
@@ -125,27 +125,6 @@ func (c *Container) startAdopted(ctx context.Context) error {
 		return fmt.Errorf("start container %s: %w", c.ID(), err)
 	}
 	return nil
-}
-
-// procStartTime returns the start time (clock ticks after boot) and state
-// letter of process pid from /proc/PID/stat.
-func procStartTime(pid int) (uint64, byte, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return 0, 0, false
-	}
-	f := strings.Fields(s[i+2:])
-	// f[0] is the state (field 3); the start time is field 22.
-	if len(f) < 20 {
-		return 0, 0, false
-	}
-	st, err := strconv.ParseUint(f[19], 10, 64)
-	return st, f[0][0], err == nil
 }
 
 // OOMKills returns how many processes of the container the OOM killer has

@@ -181,6 +181,10 @@ func (e ExitStatus) String() string {
 	return s
 }
 
+// StateRoot returns the state directory: Root, or DefaultStateRoot when
+// Root is empty.
+func (r *Runtime) StateRoot() string { return r.root() }
+
 func (r *Runtime) root() string {
 	if r == nil || r.Root == "" {
 		return DefaultStateRoot()
@@ -466,7 +470,7 @@ func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 	}
 	stateDir := filepath.Join(r.root(), id)
 	_, serr := os.Stat(stateDir)
-	_, rerr := os.Stat(r.emptyRootfsPath(id))
+	_, rerr := os.Stat(r.EmptyRootfsPath(id))
 	leftover := removeDefaultCgroups(id)
 	if serr != nil && rerr != nil && !leftover {
 		return fmt.Errorf("delete container %s: %w", id, os.ErrNotExist)
@@ -486,6 +490,43 @@ func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 // forwardedSignals are the signals Run passes on to the container's init.
 var forwardedSignals = []os.Signal{
 	unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2,
+}
+
+// ForwardSignals passes the signals Run passes on, received by this process
+// from now on, to the init of c, and kills it when ctx ends, until the
+// returned stop is called: for a caller that starts and waits for a
+// container itself (a warm start, package runtime/warm) as Run would.
+func ForwardSignals(ctx context.Context, c *Container) (stop func()) {
+	sigc := make(chan os.Signal, 8)
+	signal.Notify(sigc, forwardedSignals...)
+	stopForward := c.forward(ctx, sigc)
+	return func() {
+		signal.Stop(sigc)
+		stopForward()
+	}
+}
+
+// forward passes the signals sigc receives to c's init, and SIGKILL when
+// ctx ends, until the returned stop is called.
+func (c *Container) forward(ctx context.Context, sigc <-chan os.Signal) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case sig := <-sigc:
+				_ = c.lc.Signal(sig)
+			case <-ctx.Done():
+				_ = c.lc.Signal(unix.SIGKILL)
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
 }
 
 // Run creates, starts and waits for container id, forwarding SIGINT,
@@ -523,24 +564,7 @@ func (r *Runtime) Run(ctx context.Context, id string, s *specs.Spec, opts Create
 	if cons := c.Console(); cons != nil && opts.Console != nil {
 		opts.Console(cons)
 	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case sig := <-sigc:
-				_ = c.lc.Signal(sig)
-			case <-ctx.Done():
-				_ = c.lc.Signal(unix.SIGKILL)
-				return
-			case <-stop:
-				return
-			}
-		}
-	}()
-	defer func() { close(stop); wg.Wait() }()
+	defer c.forward(ctx, sigc)()
 
 	if err := c.Start(ctx); err != nil {
 		return ExitStatus{}, err

@@ -20,7 +20,7 @@ import (
 // should be: mounts are made in the container's mount namespace) is
 // detached first.
 func (r *Runtime) removeRootfs(id string) error {
-	p := r.emptyRootfsPath(id)
+	p := r.EmptyRootfsPath(id)
 	if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

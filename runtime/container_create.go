@@ -89,8 +89,8 @@ func chmodIfNot(p string, mode os.FileMode) error {
 	return nil
 }
 
-// emptyRootfsPath is where EmptyRootfs puts the rootfs of id.
-func (r *Runtime) emptyRootfsPath(id string) string {
+// EmptyRootfsPath is where EmptyRootfs puts the rootfs of id.
+func (r *Runtime) EmptyRootfsPath(id string) string {
 	return filepath.Join(r.rootfsBase(), id)
 }
 
@@ -177,7 +177,7 @@ func (r *Runtime) create(ctx context.Context, id string, s *specs.Spec, opts Cre
 	if err := r.ensureRoot(); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
-	empty := ls.Root.Path == r.emptyRootfsPath(id)
+	empty := ls.Root.Path == r.EmptyRootfsPath(id)
 	pinRootfs := !Rootless() && !empty && hasUserNamespace(ls)
 	pins := append(spec.PinnedPaths(ls), opts.PinSources...)
 	if Rootless() {

@@ -77,7 +77,7 @@ func (r *Runtime) pinSources(id string, ls *specs.Spec, paths []string, pinRootf
 		ls.Mounts[i].Source = dst
 	}
 	if pinRootfs {
-		dst := r.emptyRootfsPath(id)
+		dst := r.EmptyRootfsPath(id)
 		if err := os.MkdirAll(r.rootfsBase(), 0o711); err != nil {
 			return nil, fmt.Errorf("pin rootfs: %w", err)
 		}

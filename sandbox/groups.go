@@ -69,7 +69,7 @@ func (rg *RunGroups) Leave(ctx context.Context, name, id string) {
 		rg.Warn(err.Error())
 	}
 	if ended {
-		if err := warm.StopGroup(ctx, NewRuntime(rg.Root), rg.Root, name); err != nil && rg.Warn != nil {
+		if err := warm.StopGroup(ctx, NewRuntime(rg.Root), name); err != nil && rg.Warn != nil {
 			rg.Warn(err.Error())
 		}
 	}
@@ -167,7 +167,7 @@ func (sg *SharedGroups) Leave(ctx context.Context, name, id string) {
 		sg.warn(name, fmt.Sprintf("leave group: %v", err))
 	}
 	if ended {
-		if err := warm.StopGroup(ctx, NewRuntime(sg.root), sg.root, name); err != nil {
+		if err := warm.StopGroup(ctx, NewRuntime(sg.root), name); err != nil {
 			sg.warn(name, err.Error())
 		}
 	}

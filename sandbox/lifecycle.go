@@ -61,11 +61,7 @@ func Delete(ctx context.Context, r *runtime.Runtime, id string, force bool) erro
 	if grp == "" {
 		return nil
 	}
-	root := r.Root
-	if root == "" {
-		root = runtime.DefaultStateRoot()
-	}
-	if err := releaseMember(ctx, root, grp, id); err != nil {
+	if err := releaseMember(ctx, r.StateRoot(), grp, id); err != nil {
 		return fmt.Errorf("delete container %s: leave group %s: %w", id, grp, err)
 	}
 	return nil

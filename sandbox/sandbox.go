@@ -41,13 +41,11 @@ func NewRuntime(root string) *runtime.Runtime {
 // releaseMember is group.ReleaseMember, and when the group ended the
 // deletion of its warm-start templates (package warm).
 func releaseMember(ctx context.Context, root, name, id string) error {
-	if err := group.ReleaseMember(ctx, root, name, id); err != nil {
+	ended, err := group.ReleaseMember(ctx, root, name, id)
+	if err != nil || !ended {
 		return err
 	}
-	if _, err := os.Stat(group.Dir(root, name)); err == nil {
-		return nil // the group lives on
-	}
-	return warm.StopGroup(ctx, NewRuntime(root), root, name)
+	return warm.StopGroup(ctx, NewRuntime(root), name)
 }
 
 // Groups opens and leaves isolation groups for a face: `pyisolate run` opens

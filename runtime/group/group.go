@@ -342,20 +342,19 @@ func (g *Group) IPCNamespace(ctx context.Context, exceptID string) string {
 
 // ReleaseMember removes member id from group name under root and ends
 // the group when none of its members is alive (their runtimes died without
-// leaving), so its shared memory is not left mounted. A group that no longer
-// exists is not an error.
-func ReleaseMember(ctx context.Context, root, name, id string) error {
+// leaving), so its shared memory is not left mounted. It reports whether
+// the group has ended; a group that no longer exists is not an error (and
+// has ended).
+func ReleaseMember(ctx context.Context, root, name, id string) (ended bool, err error) {
 	g, err := Load(root, name)
 	if err != nil {
 		if _, serr := os.Stat(Dir(root, name)); errors.Is(serr, os.ErrNotExist) {
-			return nil
+			return true, nil
 		}
-		return err
+		return false, err
 	}
-	ended, err := g.Leave(ctx, id)
-	if err != nil || ended {
-		return err
+	if ended, err := g.Leave(ctx, id); err != nil || ended {
+		return ended, err
 	}
-	_, err = g.EndIfAbandoned(ctx)
-	return err
+	return g.EndIfAbandoned(ctx)
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/runc/libcontainer/system"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -130,10 +131,7 @@ func templateDir(root, hash string) string { return filepath.Join(root, warmDir,
 // spec s) when there is none or the one recorded is dead. log receives
 // what a user should know (a dead template replaced).
 func ensure(ctx context.Context, r *runtime.Runtime, k Key, s *specs.Spec, memberID string, log func(string)) (*template, error) {
-	root := r.Root
-	if root == "" {
-		root = runtime.DefaultStateRoot()
-	}
+	root := r.StateRoot()
 	hash := k.Hash()
 	base := filepath.Join(root, warmDir)
 	if err := os.MkdirAll(base, 0o711); err != nil {
@@ -250,7 +248,7 @@ func templateSpec(r *runtime.Runtime, s *specs.Spec, t *template, memberID strin
 		Destination: templateMount, Type: "bind", Source: t.dir,
 		Options: []string{"rbind", "rw", "nosuid", "nodev", "noexec"},
 	})
-	if ts.Root != nil && filepath.Base(ts.Root.Path) == memberID {
+	if ts.Root != nil && ts.Root.Path == r.EmptyRootfsPath(memberID) {
 		// The member's root is an empty one the runtime made for it.
 		p, err := r.EmptyRootfs(t.id)
 		if err != nil {
@@ -292,11 +290,12 @@ func mappedRoot(s *specs.Spec) (int, int) {
 	return uid, gid
 }
 
-// StopGroup deletes the templates of isolation group name under state root
+// StopGroup deletes the templates of isolation group name under r's state
 // root (the group ended: no member is left to fork for). Members started
 // from a template are children of its pid namespace and die with it, so a
 // group's templates go only when no member is alive.
-func StopGroup(ctx context.Context, r *runtime.Runtime, root, name string) error {
+func StopGroup(ctx context.Context, r *runtime.Runtime, name string) error {
+	root := r.StateRoot()
 	ents, err := os.ReadDir(filepath.Join(root, warmDir))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -349,13 +348,8 @@ func StopGroup(ctx context.Context, r *runtime.Runtime, root, name string) error
 
 // pidAlive reports whether pid exists and is not a zombie.
 func pidAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+	st, err := system.Stat(pid)
+	return err == nil && st.State != system.Zombie && st.State != system.Dead
 }
 
 // logTail returns the last line(s) of a log file, for an error.

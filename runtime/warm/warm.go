@@ -87,7 +87,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -151,12 +150,6 @@ func IsNotUsed(err error) bool {
 	return errors.As(err, &nu)
 }
 
-// forwardedSignals are passed on to the member's process, as runtime.Run
-// does for a cold one.
-var forwardedSignals = []os.Signal{
-	unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2,
-}
-
 // Run starts member id (a reserved id with no container yet) of spec s from
 // its template, waits for it (passing on the signals runtime.Run passes on),
 // and deletes its container. A NotUsedError means nothing was started and
@@ -171,24 +164,7 @@ func Run(ctx context.Context, r *runtime.Runtime, id string, s *specs.Spec, o Op
 			err = derr
 		}
 	}()
-	sigc := make(chan os.Signal, 8)
-	signal.Notify(sigc, forwardedSignals...)
-	defer signal.Stop(sigc)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			select {
-			case sig := <-sigc:
-				_ = c.Signal(sig.(syscall.Signal), false)
-			case <-ctx.Done():
-				_ = c.Signal(unix.SIGKILL, false)
-				return
-			case <-done:
-				return
-			}
-		}
-	}()
+	defer runtime.ForwardSignals(ctx, c)()
 	if err := c.Start(ctx); err != nil {
 		return st, notUsed("%v", err)
 	}
@@ -459,7 +435,7 @@ func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *s
 	}
 	var filter []byte
 	if sc := s.Linux.Seccomp; sc != nil {
-		if runtime.Rootless() {
+		if rootless {
 			filter, err = compileSeccompFilter(ctx, sc)
 		} else {
 			filter, err = copySeccompFilter(dpid)

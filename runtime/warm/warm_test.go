@@ -116,6 +116,7 @@ func TestKey(t *testing.T) {
 func TestTemplateSpec(t *testing.T) {
 	s := memberSpec()
 	r := &runtime.Runtime{Root: t.TempDir()}
+	s.Root.Path = r.EmptyRootfsPath("ext-1") // the runtime's empty rootfs of the member
 	tpl := &template{id: "pyisolate-warm-x", dir: "/state/warm/x", key: KeyOf(s, &spec.Manifest{Preload: []string{"torch"}}, "g")}
 	ts, err := templateSpec(r, s, tpl, "ext-1")
 	if err != nil {
@@ -129,6 +130,16 @@ func TestTemplateSpec(t *testing.T) {
 	}
 	if ts.Root.Path == s.Root.Path || filepath.Base(ts.Root.Path) != tpl.id {
 		t.Errorf("template root %s: want an empty rootfs of its own", ts.Root.Path)
+	}
+	// A bundle's own rootfs is the template's too, whatever its name.
+	bundle := memberSpec()
+	bundle.Root.Path = "/bundles/ext-1/ext-1"
+	bs, err := templateSpec(r, bundle, tpl, "ext-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bs.Root.Path != bundle.Root.Path {
+		t.Errorf("template of a bundle rootfs: root %s, want the bundle's %s", bs.Root.Path, bundle.Root.Path)
 	}
 	if ts.Linux.CgroupsPath != "/pyisolate/pyisolate-warm-x" {
 		t.Errorf("template cgroup %s", ts.Linux.CgroupsPath)
