@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/system"
+	"golang.org/x/sys/unix"
 )
 
 // The support package runtime/warm needs to make a process that this
@@ -35,7 +37,8 @@ const (
 // AdoptProcess makes process pid (a host pid this runtime did not start)
 // the container's init in place of the one libcontainer started, which must
 // be dead and reaped: it moves the process into every cgroup of the
-// container, as libcontainer puts an init there, and records it as the init
+// container and gives it the process's rlimits and oom_score_adj, as
+// libcontainer does for an init, and records it as the init
 // in libcontainer's state, so that status, signals, exec (which joins its
 // namespaces), pause and delete reach it, from this process and from any
 // other that loads the container. Until Start, the container is created.
@@ -68,6 +71,9 @@ func (c *Container) AdoptProcess(pid int, h AdoptHooks) error {
 		return fmt.Errorf("container %s: adopt process %d: %w", c.ID(), pid, err)
 	}
 	c.lc = lc
+	if err := c.applyProcessLimits(pid); err != nil {
+		return fmt.Errorf("container %s: adopt process %d: %w", c.ID(), pid, err)
+	}
 	c.init = &Process{c: c, pid: pid, wait: h.Wait, oomBase: base, done: make(chan struct{})}
 	c.start = h.Start
 	return nil
@@ -110,6 +116,31 @@ func (r *Runtime) recordInit(id string, oldPID, pid int, start uint64) error {
 		return err
 	}
 	return os.Rename(tmp, p)
+}
+
+// applyProcessLimits sets the container's process rlimits (RLIMIT_AS
+// included, which the runtime holds back from libcontainer: rlimit_as.go)
+// and oom_score_adj on process pid.
+func (c *Container) applyProcessLimits(pid int) error {
+	cfg := c.lc.Config()
+	for _, rl := range cfg.Rlimits {
+		if err := unix.Prlimit(pid, rl.Type, &unix.Rlimit{Cur: rl.Soft, Max: rl.Hard}, nil); err != nil {
+			return fmt.Errorf("set rlimit %d: %w", rl.Type, err)
+		}
+	}
+	x, err := c.rt.readExtraState(c.ID())
+	if err != nil {
+		return err
+	}
+	if err := setRlimitAS(pid, x.RlimitAS); err != nil {
+		return err
+	}
+	if cfg.OomScoreAdj != nil {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(*cfg.OomScoreAdj)), 0); err != nil {
+			return fmt.Errorf("set oom_score_adj: %w", err)
+		}
+	}
+	return nil
 }
 
 // startAdopted is Start for a container whose init was adopted: its owner

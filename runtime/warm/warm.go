@@ -484,9 +484,6 @@ func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *s
 	if err := door.AdoptProcess(gpid, runtime.AdoptHooks{Start: m.release, Wait: m.exitStatus}); err != nil {
 		return nil, err
 	}
-	if err := applyProcessLimits(gpid, s.Process); err != nil {
-		return nil, err
-	}
 	return door, nil
 }
 
@@ -590,36 +587,6 @@ func checkFresh(gpid, tplPID int) error {
 		}
 	}
 	return nil
-}
-
-// applyProcessLimits sets p's rlimits and oom_score_adj on process pid, as
-// libcontainer sets them on a cold member's init.
-func applyProcessLimits(pid int, p *specs.Process) error {
-	for _, rl := range p.Rlimits {
-		res, ok := rlimits[rl.Type]
-		if !ok {
-			return fmt.Errorf("process.rlimits: unknown %s", rl.Type)
-		}
-		lim := unix.Rlimit{Cur: rl.Soft, Max: rl.Hard}
-		if err := unix.Prlimit(pid, res, &lim, nil); err != nil {
-			return fmt.Errorf("set %s of the member: %w", rl.Type, err)
-		}
-	}
-	if p.OOMScoreAdj != nil {
-		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(*p.OOMScoreAdj)), 0); err != nil {
-			return fmt.Errorf("set oom_score_adj of the member: %w", err)
-		}
-	}
-	return nil
-}
-
-var rlimits = map[string]int{
-	"RLIMIT_AS": unix.RLIMIT_AS, "RLIMIT_CORE": unix.RLIMIT_CORE, "RLIMIT_CPU": unix.RLIMIT_CPU,
-	"RLIMIT_DATA": unix.RLIMIT_DATA, "RLIMIT_FSIZE": unix.RLIMIT_FSIZE, "RLIMIT_LOCKS": unix.RLIMIT_LOCKS,
-	"RLIMIT_MEMLOCK": unix.RLIMIT_MEMLOCK, "RLIMIT_MSGQUEUE": unix.RLIMIT_MSGQUEUE, "RLIMIT_NICE": unix.RLIMIT_NICE,
-	"RLIMIT_NOFILE": unix.RLIMIT_NOFILE, "RLIMIT_NPROC": unix.RLIMIT_NPROC, "RLIMIT_RSS": unix.RLIMIT_RSS,
-	"RLIMIT_RTPRIO": unix.RLIMIT_RTPRIO, "RLIMIT_RTTIME": unix.RLIMIT_RTTIME, "RLIMIT_SIGPENDING": unix.RLIMIT_SIGPENDING,
-	"RLIMIT_STACK": unix.RLIMIT_STACK,
 }
 
 func gids(g []uint32) []uint32 {
