@@ -3,6 +3,7 @@ package warm
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -133,19 +134,18 @@ func compileSeccompFilter(ctx context.Context, sc *specs.LinuxSeccomp) ([]byte, 
 // readProgram reads a struct sock_fprog at addr of process pid and the
 // instructions it points to.
 func readProgram(pid int, addr uintptr) ([]byte, error) {
-	hdr := make([]byte, 16) // unsigned short len; struct sock_filter *filter
+	// struct sock_fprog: unsigned short len; struct sock_filter *filter
+	// (at offset 8 on 64-bit ABIs).
+	hdr := make([]byte, unix.SizeofSockFprog)
 	if _, err := unix.PtracePeekData(pid, addr, hdr); err != nil {
 		return nil, fmt.Errorf("read the seccomp program: %w", err)
 	}
-	n := int(uint16(hdr[0]) | uint16(hdr[1])<<8)
-	ptr := uintptr(0)
-	for i := 7; i >= 0; i-- {
-		ptr = ptr<<8 | uintptr(hdr[8+i])
-	}
+	n := int(binary.NativeEndian.Uint16(hdr))
+	ptr := uintptr(binary.NativeEndian.Uint64(hdr[8:]))
 	if n == 0 || ptr == 0 {
 		return nil, errors.New("read the seccomp program: empty")
 	}
-	prog := make([]byte, n*8)
+	prog := make([]byte, n*unix.SizeofSockFilter)
 	if _, err := unix.PtracePeekData(pid, ptr, prog); err != nil {
 		return nil, fmt.Errorf("read the seccomp program: %w", err)
 	}

@@ -1,7 +1,6 @@
 package warm
 
 import (
-	"errors"
 	"fmt"
 	goruntime "runtime"
 	"unsafe"
@@ -32,11 +31,7 @@ func copySeccompFilter(pid int) ([]byte, error) {
 	}()
 	for {
 		var ws unix.WaitStatus
-		_, err := unix.Wait4(pid, &ws, unix.WALL, nil)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
+		if _, err := wait4(pid, &ws); err != nil {
 			return nil, fmt.Errorf("copy the seccomp filter: wait for %d to stop: %w", pid, err)
 		}
 		if ws.Stopped() {
