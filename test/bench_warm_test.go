@@ -17,7 +17,6 @@ package test
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -192,19 +191,8 @@ func (r *benchWarmRunning) stop() {
 // benchWarmPyPids returns the host pids of the running pyisolate containers
 // under root, and with templates those of the templates and their helpers.
 func benchWarmPyPids(b *testing.B, tools *secTools, root string, templates bool) []int {
-	out, err := exec.Command(tools.pyisolate, "ps", "--root", root, "--json").Output()
-	if err != nil {
-		b.Fatalf("ps: %v", err)
-	}
-	var list []struct {
-		ID      string `json:"id"`
-		InitPID int    `json:"pid"`
-	}
-	if err := json.Unmarshal(out, &list); err != nil {
-		b.Fatal(err)
-	}
 	var pids []int
-	for _, c := range list {
+	for _, c := range warmPS(b, tools, root) {
 		if c.InitPID <= 0 {
 			continue
 		}

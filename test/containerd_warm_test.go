@@ -43,11 +43,8 @@ func TestContainerdWarm(t *testing.T) {
 		id := "warmc"
 		d.Ctr(t, 0, "run", "-d", "--runtime", ctrdRuntime, "--annotation", manifest, "--rootfs", empty, id,
 			"/usr/bin/python3", "-c", code)
-		var got []byte
-		for i := 0; i < 400 && got == nil; i++ {
-			got, _ = os.ReadFile(report)
-			time.Sleep(25 * time.Millisecond)
-		}
+		warmWaitFile(t, report)
+		got, _ := os.ReadFile(report)
 		want := "(True, ['CapEff:\\t0000000000000000', 'NoNewPrivs:\\t1', 'Seccomp:\\t2', 'Seccomp_filters:\\t2'])"
 		if string(got) != want {
 			t.Errorf("the member's report: %q, want %q (started warm)\ncontainerd log:\n%s", got, want, d.LogTail(20))

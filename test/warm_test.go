@@ -382,7 +382,7 @@ func TestWarmFallback(t *testing.T) {
 		for i := 0; i < 200 && tpl == 0; i++ {
 			time.Sleep(50 * time.Millisecond)
 			if _, err := os.Stat(ready); err == nil {
-				tpl = warmTemplatePID(fx.root)
+				tpl = warmTemplatePID(t, tools, fx.root)
 			}
 		}
 		if tpl == 0 {
@@ -416,23 +416,10 @@ func TestWarmFallback(t *testing.T) {
 
 // warmTemplatePID returns the host pid of a running template's zygote
 // under state root root, or 0.
-func warmTemplatePID(root string) int {
-	ents, _ := os.ReadDir(root)
-	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), "pyisolate-warm-") {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(root, e.Name(), "state.json"))
-		if err != nil {
-			continue
-		}
-		var st struct {
-			InitPID int `json:"init_process_pid"`
-		}
-		if json.Unmarshal(b, &st) == nil && st.InitPID > 0 {
-			if _, err := os.Stat(filepath.Join(root, "warm")); err == nil {
-				return st.InitPID
-			}
+func warmTemplatePID(t testing.TB, tools *secTools, root string) int {
+	for _, c := range warmPS(t, tools, root) {
+		if strings.HasPrefix(c.ID, "pyisolate-warm-") && c.Status == "running" {
+			return c.InitPID
 		}
 	}
 	return 0
@@ -625,16 +612,22 @@ type warmPSEntry struct {
 	InitPID int    `json:"pid"`
 }
 
-// warmState returns container id's entry in `pyisolate ps --json` under
-// root (the zero value when it is not listed).
-func warmState(t *testing.T, tools *secTools, root, id string) warmPSEntry {
+// warmPS returns the containers `pyisolate ps --json` lists under root.
+func warmPS(t testing.TB, tools *secTools, root string) []warmPSEntry {
 	t.Helper()
 	ps := secExec(secRunTimeout, nil, nil, tools.pyisolate, "ps", "--root", root, "--json")
 	var list []warmPSEntry
 	if err := json.Unmarshal(ps.stdout, &list); err != nil {
 		t.Fatalf("ps --json: %v: %s", err, ps)
 	}
-	for _, c := range list {
+	return list
+}
+
+// warmState returns container id's entry in `pyisolate ps --json` under
+// root (the zero value when it is not listed).
+func warmState(t *testing.T, tools *secTools, root, id string) warmPSEntry {
+	t.Helper()
+	for _, c := range warmPS(t, tools, root) {
 		if c.ID == id {
 			return c
 		}
