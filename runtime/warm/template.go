@@ -29,8 +29,12 @@ import (
 var zygoteSource string
 
 const (
-	// warmDir is the directory under the state root that holds one
-	// directory per template (its socket, log and record).
+	// warmDir is the directory under the state root that holds, for each
+	// template, a directory the template owns (its socket and program) and,
+	// beside it where only the runtime may write, its record (.json), log
+	// (.log) and lock (.lock): nothing the runtime reads comes from the
+	// template's own directory but its socket, which it opens without
+	// following links (dialTemplate).
 	warmDir = runtime.WarmDir
 	// templateMount is where a template sees its directory.
 	templateMount = "/run/pyisolate-warm"
@@ -109,7 +113,7 @@ func (k Key) Hash() string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// record is a template's record (record.json in its directory).
+// record is a template's record (<hash>.json beside its directory).
 type record struct {
 	ID  string `json:"id"`
 	Key Key    `json:"key"`
@@ -118,14 +122,16 @@ type record struct {
 // template is a running template.
 type template struct {
 	id     string
-	dir    string
+	dir    string // the template's own: warmDir/<hash>
 	socket string
 	// initPID is the host pid of the zygote.
 	initPID int
 	key     Key
 }
 
-func templateDir(root, hash string) string { return filepath.Join(root, warmDir, hash) }
+// file returns the runtime's file of the template with extension ext
+// (".json", ".log", ".lock"), beside its directory.
+func (t *template) file(ext string) string { return t.dir + ext }
 
 // ensure returns the running template of key k, starting it (from member
 // spec s) when there is none or the one recorded is dead. log receives
@@ -137,13 +143,13 @@ func ensure(ctx context.Context, r *runtime.Runtime, k Key, s *specs.Spec, membe
 	if err := os.MkdirAll(base, 0o711); err != nil {
 		return nil, fmt.Errorf("warm template directory: %w", err)
 	}
-	unlock, err := runtime.LockFile(ctx, filepath.Join(base, hash+".lock"))
+	t := &template{id: templatePrefix + hash, dir: filepath.Join(base, hash), key: k}
+	t.socket = filepath.Join(t.dir, socketName)
+	unlock, err := runtime.LockFile(ctx, t.file(".lock"))
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	t := &template{id: templatePrefix + hash, dir: templateDir(root, hash), key: k}
-	t.socket = filepath.Join(t.dir, socketName)
 	if c, err := r.Load(t.id); err == nil {
 		if pid := c.InitPID(); pid > 0 && pidAlive(pid) {
 			if _, err := os.Stat(t.socket); err == nil {
@@ -161,6 +167,7 @@ func ensure(ctx context.Context, r *runtime.Runtime, k Key, s *specs.Spec, membe
 	if err := t.start(ctx, r, s, memberID); err != nil {
 		_ = r.Delete(context.WithoutCancel(ctx), t.id, true)
 		_ = os.RemoveAll(t.dir)
+		_ = os.Remove(t.file(".json"))
 		return nil, err
 	}
 	return t, nil
@@ -181,10 +188,10 @@ func (t *template) start(ctx context.Context, r *runtime.Runtime, s *specs.Spec,
 		return fmt.Errorf("warm template program: %w", err)
 	}
 	rec, _ := json.Marshal(record{ID: t.id, Key: t.key})
-	if err := os.WriteFile(filepath.Join(t.dir, "record.json"), rec, 0o644); err != nil {
+	if err := os.WriteFile(t.file(".json"), rec, 0o644); err != nil {
 		return fmt.Errorf("warm template record: %w", err)
 	}
-	logf, err := os.OpenFile(filepath.Join(t.dir, "template.log"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_CLOEXEC, 0o644)
+	logf, err := os.OpenFile(t.file(".log"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return fmt.Errorf("warm template log: %w", err)
 	}
@@ -213,7 +220,7 @@ func (t *template) start(ctx context.Context, r *runtime.Runtime, s *specs.Spec,
 		}
 		if !pidAlive(t.initPID) {
 			return fmt.Errorf("warm template %s exited while importing %s: %s", t.id,
-				strings.Join(t.key.Preload, ", "), logTail(filepath.Join(t.dir, "template.log")))
+				strings.Join(t.key.Preload, ", "), logTail(t.file(".log")))
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("warm template %s: not ready after %s", t.id, StartTimeout)
@@ -295,21 +302,14 @@ func mappedRoot(s *specs.Spec) (int, int) {
 // from a template are children of its pid namespace and die with it, so a
 // group's templates go only when no member is alive.
 func StopGroup(ctx context.Context, r *runtime.Runtime, name string) error {
-	root := r.StateRoot()
-	ents, err := os.ReadDir(filepath.Join(root, warmDir))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
+	base := filepath.Join(r.StateRoot(), warmDir)
+	records, err := filepath.Glob(filepath.Join(base, "*.json"))
 	if err != nil {
 		return fmt.Errorf("warm templates: %w", err)
 	}
 	var errs []error
-	for _, e := range ents {
-		if !e.IsDir() {
-			continue
-		}
-		dir := filepath.Join(root, warmDir, e.Name())
-		b, err := os.ReadFile(filepath.Join(dir, "record.json"))
+	for _, p := range records {
+		b, err := os.ReadFile(p)
 		if err != nil {
 			continue
 		}
@@ -317,7 +317,8 @@ func StopGroup(ctx context.Context, r *runtime.Runtime, name string) error {
 		if json.Unmarshal(b, &rec) != nil || rec.Key.Group != name || !strings.HasPrefix(rec.ID, templatePrefix) {
 			continue
 		}
-		unlock, err := runtime.LockFile(ctx, filepath.Join(root, warmDir, e.Name()+".lock"))
+		t := &template{id: rec.ID, dir: strings.TrimSuffix(p, ".json")}
+		unlock, err := runtime.LockFile(ctx, t.file(".lock"))
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -325,24 +326,28 @@ func StopGroup(ctx context.Context, r *runtime.Runtime, name string) error {
 		if err := r.Delete(ctx, rec.ID, true); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("delete warm template %s: %w", rec.ID, err))
 		}
-		_ = os.RemoveAll(dir)
-		_ = os.Remove(filepath.Join(root, warmDir, e.Name()+".lock"))
+		_ = os.RemoveAll(t.dir)
+		for _, ext := range []string{".json", ".log", ".lock"} {
+			_ = os.Remove(t.file(ext))
+		}
 		unlock()
 	}
-	// Lock files of templates that failed to start.
-	locks, _ := filepath.Glob(filepath.Join(root, warmDir, "*.lock"))
+	// Lock files of templates that failed to start (no record).
+	locks, _ := filepath.Glob(filepath.Join(base, "*.lock"))
 	for _, l := range locks {
-		if _, err := os.Stat(strings.TrimSuffix(l, ".lock")); err == nil {
+		dir := strings.TrimSuffix(l, ".lock")
+		if _, err := os.Stat(dir + ".json"); err == nil {
 			continue
 		}
 		if f, err := os.OpenFile(l, os.O_RDWR|unix.O_CLOEXEC, 0); err == nil {
 			if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
 				_ = os.Remove(l)
+				_ = os.Remove(dir + ".log")
 			}
 			f.Close()
 		}
 	}
-	_ = os.Remove(filepath.Join(root, warmDir)) // when empty
+	_ = os.Remove(base) // when empty
 	return errors.Join(errs...)
 }
 

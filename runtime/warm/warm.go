@@ -336,7 +336,7 @@ func (m *member) waitGone() {
 // all but the last "go"), and returns its container, created, with G as its
 // init. On error nothing of the member is left.
 func start(ctx context.Context, r *runtime.Runtime, t *template, id string, s *specs.Spec, o Options) (_ *runtime.Container, retErr error) {
-	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: t.socket, Net: "unixpacket"})
+	conn, err := dialTemplate(t.socket)
 	if err != nil {
 		return nil, fmt.Errorf("connect to template %s: %w", t.id, err)
 	}
@@ -601,6 +601,26 @@ func umask(u *uint32) uint32 {
 		return 0o022
 	}
 	return *u
+}
+
+// dialTemplate connects to the zygote's socket at path, which lies in the
+// template's own directory: it is opened without following a link (the
+// template could put one there, to any socket on the host), checked to be a
+// socket, and connected to through that descriptor.
+func dialTemplate(path string) (*net.UnixConn, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil, fmt.Errorf("%s is not a socket", path)
+	}
+	return net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: fmt.Sprintf("/proc/self/fd/%d", fd), Net: "unixpacket"})
 }
 
 // passCred makes the connection receive the sender's credentials, which

@@ -1,6 +1,7 @@
 package warm
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -198,5 +199,38 @@ func TestColdFace(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("ColdFace = %q, want %q in it", got, want)
 		}
+	}
+}
+
+// TestDialTemplate: the zygote's socket is connected to only as a socket
+// found at its path itself: a link there (which the template could plant,
+// to any socket on the host) or another kind of file is refused.
+func TestDialTemplate(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "zygote.sock")
+	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := dialTemplate(sock)
+	if err != nil {
+		t.Fatalf("the socket itself: %v", err)
+	}
+	c.Close()
+	link := filepath.Join(dir, "link.sock")
+	if err := os.Symlink(sock, link); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := dialTemplate(link); err == nil {
+		c.Close()
+		t.Error("a link to a socket was followed")
+	}
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dialTemplate(file); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("a regular file: %v, want: not a socket", err)
 	}
 }
